@@ -1,0 +1,34 @@
+# Two entry points: `make demo` and `make test`. Both set up .venv from the project's own files.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+# torch is installed only when it is not importable, pinned to the CPU wheel (never a CUDA build).
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/commscope demo
+
+test: setup
+	$(VPY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(VPY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo_out
