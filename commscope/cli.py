@@ -1,0 +1,104 @@
+"""The `commscope` command line. Each subcommand is a thin call into the public Python API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from commscope import __version__
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from profiler._autorun import BOOTSTRAP_DIR
+
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("commscope run: no command given (usage: commscope run --out DIR -- CMD ...)",
+              file=sys.stderr)
+        return 2
+    if cmd[0].endswith(".py"):
+        cmd = [sys.executable, *cmd]
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    run_id = args.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(3).hex()}"
+    env = dict(os.environ)
+    env.update(COMMSCOPE_OUT=out, COMMSCOPE_RUN_ID=run_id, COMMSCOPE_CAPTURE=args.capture)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (BOOTSTRAP_DIR, env.get("PYTHONPATH")) if p)
+    before = set(os.listdir(out))
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, _frame):  # let the program flush its trace on Ctrl-C / SIGTERM
+        proc.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    rc = proc.wait()
+    created = sorted(set(os.listdir(out)) - before)
+    for name in created:
+        print(f"commscope: trace written to {os.path.join(out, name)}", file=sys.stderr)
+    if not created:
+        print(f"commscope: the command recorded no communication (nothing under {out})",
+              file=sys.stderr)
+    return rc
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from profiler import schema_markdown
+
+    print(schema_markdown(), end="")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from commscope.demo import run_demo
+
+    return run_demo(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="commscope",
+        description="Communication profiling for distributed LLM inference on PyTorch.")
+    p.add_argument("--version", action="version", version=f"commscope {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="trace an unmodified Python program (also under torchrun)",
+                       description="Run CMD with every torch.distributed call traced. "
+                                   "Example: commscope run --out traces -- torchrun "
+                                   "--nproc-per-node 2 infer.py")
+    r.add_argument("--out", required=True, help="output folder (one run folder is created in it)")
+    r.add_argument("--run-name", help="name of the run folder (default: timestamp + random)")
+    r.add_argument("--capture", choices=("default", "full"), default="default",
+                   help="'full' also records dispatcher-level collectives (slower)")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("schema", help="print the trace schema (columns, units, meaning)")
+    s.set_defaults(func=_cmd_schema)
+
+    d = sub.add_parser("demo", help="run the end-to-end demo (what `make demo` runs)")
+    d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"commscope {args.cmd}: error: {exc}", file=sys.stderr)
+        return 1
