@@ -85,6 +85,10 @@ def label_group(group: Any, dim: str) -> Any:
     """
     if not isinstance(dim, str) or not dim:
         raise ValueError(f"dim must be a non-empty string, got {dim!r}")
+    import torch.distributed as dist
+
+    if group is dist.GroupMember.NON_GROUP_MEMBER:  # new_group() on a rank outside the group
+        return group
     _LABELS[_group_name(group)] = dim
     return group
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -115,39 +116,47 @@ class TraceSession:
         if not self._lock.acquire(blocking):
             return 0
         try:
-            buf = self._buf
-            n = len(buf)
-            chunk = self._carry + buf[:n]
-            del buf[:n]  # rows appended meanwhile by other threads stay in the buffer
-            self._flush_deadline_ns = time.time_ns() + int(self.flush_interval_s * 1e9)
-            if not chunk:
-                return 0
-            ready, pending = [], []
-            for row in chunk:
-                if row[R.TEND] is not None:
-                    ready.append(row)
-                elif final:
-                    row = list(row)  # shared with other sessions: do not mutate
-                    row[R.TEND] = row[R.TRET]
-                    row[R.COMPLETION] = "unobserved"
-                    ready.append(row)
-                else:
-                    pending.append(row)
-            waiting = resolve_gpu_times(ready, final)
-            if waiting:
-                ids = {id(r) for r in waiting}
-                ready = [r for r in ready if id(r) not in ids]
-            self._carry = pending + waiting
-            if ready:
-                self._write(ready)
-            return len(ready)
+            with _signals_deferred():
+                return self._flush_locked(final)
         finally:
             self._lock.release()
+
+    def _flush_locked(self, final: bool) -> int:
+        buf = self._buf
+        n = len(buf)
+        chunk = self._carry + buf[:n]
+        del buf[:n]  # rows appended meanwhile by other threads stay in the buffer
+        self._flush_deadline_ns = time.time_ns() + int(self.flush_interval_s * 1e9)
+        if not chunk:
+            return 0
+        ready, pending = [], []
+        for row in chunk:
+            if row[R.TEND] is not None:
+                ready.append(row)
+            elif final:
+                row = list(row)  # shared with other sessions: do not mutate
+                row[R.TEND] = row[R.TRET]
+                row[R.COMPLETION] = "unobserved"
+                ready.append(row)
+            else:
+                pending.append(row)
+        waiting = resolve_gpu_times(ready, final)
+        if waiting:
+            ids = {id(r) for r in waiting}
+            ready = [r for r in ready if id(r) not in ids]
+        self._carry = pending + waiting
+        if ready:
+            self._write(ready)
+        return len(ready)
 
     def close(self) -> None:
         """Stop recording and write everything; safe to call more than once."""
         if self._closed or not self._open:
             return
+        with _signals_deferred():
+            self._close()
+
+    def _close(self) -> None:
         self._closed = True
         if self._mode is not None:
             try:
@@ -288,7 +297,24 @@ def _close_all() -> None:
             pass
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """While writing, a SIGTERM is held back until the write is done (else the part is lost)."""
+    _signal_state["flushing"] = _signal_state.get("flushing", 0) + 1
+    try:
+        yield
+    finally:
+        _signal_state["flushing"] -= 1
+        if not _signal_state["flushing"] and _signal_state.get("deferred"):
+            _on_sigterm(*_signal_state.pop("deferred"))
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if _signal_state.get("flushing"):
+        # A flush is being written on this thread: dying now would lose it. Finish it first;
+        # its `finally` re-delivers the signal.
+        _signal_state["deferred"] = (signum, frame)
+        return
     _close_all()
     prev = _signal_state.get("prev")
     if callable(prev):
