@@ -12,7 +12,7 @@ import statistics
 import time
 from typing import NamedTuple
 
-__all__ = ["Agreement", "agree"]
+__all__ = ["Agreement", "agree", "exchanges"]
 
 # Backends whose collectives move no data (the single-process fake group): nothing to agree on.
 _NO_EXCHANGE = {"fake"}
@@ -25,14 +25,22 @@ class Agreement(NamedTuple):
     method: str
 
 
+def exchanges() -> bool:
+    """Whether this process shares a run with other processes through the default group."""
+    import torch.distributed as dist
+
+    return (dist.is_initialized() and dist.get_world_size() > 1
+            and str(dist.get_backend()) not in _NO_EXCHANGE)
+
+
 def agree(candidate_run_id: str, rounds: int = 5) -> Agreement:
     """Rank 0's run id for everyone, and this rank's clock offset (its clock minus rank 0's)."""
     import torch.distributed as dist
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return Agreement(candidate_run_id, 0, 0, "single-process")
-    if str(dist.get_backend()) in _NO_EXCHANGE:
-        return Agreement(candidate_run_id, 0, 0, f"skipped ({dist.get_backend()} backend)")
+    if not exchanges():
+        how = "single-process" if not dist.is_initialized() or dist.get_world_size() == 1 \
+            else f"skipped ({dist.get_backend()} backend)"
+        return Agreement(candidate_run_id, 0, 0, how)
     box = [candidate_run_id]
     dist.broadcast_object_list(box, src=0)
     samples = []

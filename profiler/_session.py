@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from ._clock import Agreement, agree
+from ._clock import Agreement, agree, exchanges
 from ._metadata import collect_metadata
 from ._recorder import RECORDER, R
 from ._schema import SCHEMA_VERSION
@@ -182,7 +182,7 @@ class TraceSession:
         prev, tls.depth = tls.depth, 1  # the agreement's own collectives are not user traffic
         try:
             candidate = self._candidate
-            if dist.get_rank() == 0:
+            if dist.get_rank() == 0 or not exchanges():
                 candidate = _reserve_run_dir(self.out_dir, candidate, self.run_name is not None)
             self._agreement = agree(candidate)
         finally:

@@ -1,0 +1,203 @@
+"""Fast unit tests of interception on the single-process fake process group (8 ranks, rank 3)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import analysis
+import profiler
+from profiler._recorder import RECORDER
+
+WORLD, RANK = 8, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fake_pg():
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=RANK, world_size=WORLD, store=FakeStore())
+    yield
+    dist.destroy_process_group()
+
+
+def _events(session):
+    return analysis.load_events(session.run_dir).sort_values("seq").reset_index(drop=True)
+
+
+def test_reentrant_delegation_is_recorded_once(tmp_path):
+    with profiler.trace(tmp_path) as s:
+        dist.all_gather_into_tensor(torch.empty(8 * WORLD), torch.ones(8))  # -> all_gather_single
+        dist.reduce_scatter_tensor(torch.empty(2), torch.ones(2 * WORLD))  # -> reduce_scatter_single
+        dist.send(torch.ones(4), dst=5)  # -> isend
+    df = _events(s)
+    assert df["api"].tolist() == ["all_gather_into_tensor", "reduce_scatter_tensor", "send"]
+    assert df["bytes"].tolist() == [32 * WORLD, 8 * WORLD, 16]
+    assert df["peer"].tolist()[2] == 5
+    assert df["pg_seq"].tolist() == [0, 1, 0]  # p2p counts per (group, src, dst)
+
+
+def test_phases_nest_and_steps_inherit(tmp_path):
+    t = torch.ones(2)
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(t)
+        with profiler.phase("generate"):
+            dist.all_reduce(t)
+            with profiler.phase("decode", step=4):
+                dist.all_reduce(t)
+                with profiler.phase("attn"):
+                    dist.all_reduce(t)
+    df = _events(s)
+    assert df["phase"].tolist()[1:] == ["generate", "decode", "attn"]
+    assert df["phase"].isna().tolist()[0]
+    assert df["phase_path"].tolist()[1:] == ["generate", "generate/decode", "generate/decode/attn"]
+    assert df["step"].tolist()[2:] == [4, 4]
+    assert df["step"].isna().tolist()[:2] == [True, True]
+
+
+def test_label_group_applies_to_events_before_the_label(tmp_path):
+    g = dist.new_group(list(range(WORLD)))
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(1), group=g)
+        profiler.label_group(g, "ep")
+        dist.all_reduce(torch.ones(1))
+    df = _events(s)
+    assert df["pg_dim"].tolist() == ["ep", "world"]
+    with pytest.raises(ValueError):
+        profiler.label_group(g, "")
+
+
+def test_hooks_restored_and_nested_sessions(tmp_path):
+    orig = dist.all_reduce
+    with profiler.trace(tmp_path / "outer") as outer:
+        assert dist.all_reduce is not orig
+        dist.all_reduce(torch.ones(1))
+        with profiler.trace(tmp_path / "inner") as inner:
+            dist.all_reduce(torch.ones(2))
+        assert dist.all_reduce is not orig  # still tracing for the outer session
+        dist.all_reduce(torch.ones(3))
+    assert dist.all_reduce is orig
+    assert dist.distributed_c10d.all_reduce is orig
+    assert type(dist.all_reduce(torch.ones(1), async_op=True)).wait.__name__ == "wait"
+    assert _events(outer)["count"].tolist() == [1, 2, 3]
+    assert _events(inner)["count"].tolist() == [2]
+    # Repeated use: a second session after the first starts numbering again.
+    with profiler.trace(tmp_path / "again") as again:
+        dist.all_reduce(torch.ones(1))
+    assert _events(again)["seq"].tolist() == [0]
+
+
+def test_untraced_calls_are_not_recorded(tmp_path):
+    dist.all_reduce(torch.ones(1))
+    with profiler.trace(tmp_path) as s:
+        pass
+    assert s.events_written == 0
+
+
+def test_flush_by_count_writes_parts_and_keeps_order(tmp_path):
+    with profiler.trace(tmp_path, flush_events=7) as s:
+        for i in range(50):
+            dist.all_reduce(torch.ones(i + 1))
+    assert s.parts == 8  # 7 full parts + the rest at close
+    df = _events(s)
+    assert df["count"].tolist() == list(range(1, 51))
+    assert df["seq"].tolist() == list(range(50))
+
+
+def test_async_handle_never_waited_is_marked_unobserved(tmp_path):
+    with profiler.trace(tmp_path) as s:
+        w = dist.all_reduce(torch.ones(4), async_op=True)
+        done = dist.all_reduce(torch.ones(5), async_op=True)
+        assert done.is_completed() in (True, False)
+        done.wait()
+    df = _events(s)
+    assert df["completion"].tolist()[0] == "unobserved"
+    assert df["t_end_ns"].iloc[0] == df["t_return_ns"].iloc[0]
+    assert df["completion"].tolist()[1] in ("is_completed", "wait")
+    del w
+
+
+def test_threads_record_every_call_once(tmp_path):
+    n_threads, n_calls = 4, 300
+
+    def work():
+        for _ in range(n_calls):
+            dist.all_reduce(torch.ones(1))
+
+    with profiler.trace(tmp_path, flush_events=100) as s:
+        threads = [threading.Thread(target=work) for _ in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    df = _events(s)
+    assert len(df) == n_threads * n_calls
+    assert sorted(df["seq"]) == list(range(n_threads * n_calls))
+    assert sorted(df["pg_seq"]) == list(range(n_threads * n_calls))
+    assert df["tid"].nunique() == n_threads
+
+
+def test_group_relative_ranks_are_mapped_to_global(tmp_path):
+    g = dist.new_group([1, 3, 5, 7])
+    with profiler.trace(tmp_path) as s:
+        dist.broadcast(torch.ones(2), group=g, group_src=2)
+        dist.send(torch.ones(2), group=g, group_dst=3)
+    df = _events(s)
+    assert df["root"].tolist()[0] == 5
+    assert df["peer"].tolist()[1] == 7
+    assert df["pg_ranks"].iloc[0].tolist() == [1, 3, 5, 7]
+
+
+def test_full_capture_sees_direct_dispatcher_calls_once(tmp_path):
+    t = torch.ones(6)
+    with profiler.trace(tmp_path, capture="full") as s:
+        dist.all_reduce(t)  # hook records it; the dispatch mode must not record it again
+        out = torch.ops._c10d_functional.all_reduce(t, "sum", dist.group.WORLD.group_name)
+        torch.ops._c10d_functional.wait_tensor(out)
+        torch.matmul(torch.ones(2, 2), torch.ones(2, 2))  # ordinary ops pass through
+    df = _events(s)
+    assert df["api"].tolist() == ["all_reduce", "c10d_functional.all_reduce"]
+    assert df["capture"].tolist() == ["hook", "dispatch"]
+    assert df["bytes"].tolist() == [24, 24]
+    assert df["completion"].tolist() == ["return", "wait_tensor"]
+
+
+def test_default_capture_misses_direct_dispatcher_calls(tmp_path):
+    t = torch.ones(6)
+    with profiler.trace(tmp_path) as s:
+        out = torch.ops._c10d_functional.all_reduce(t, "sum", dist.group.WORLD.group_name)
+        torch.ops._c10d_functional.wait_tensor(out)
+    assert s.events_written == 0
+
+
+def test_bad_arguments_raise_the_same_error(tmp_path):
+    with pytest.raises(TypeError) as untraced:
+        dist.all_reduce()
+    with profiler.trace(tmp_path), pytest.raises(TypeError) as traced:
+        dist.all_reduce()
+    assert str(untraced.value) == str(traced.value)
+    assert not RECORDER.installed
+
+
+def test_invalid_options_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="capture"):
+        profiler.trace(tmp_path, capture="everything")
+    with pytest.raises(ValueError, match="run_name"):
+        profiler.trace(tmp_path, run_name="a/b")
+    with pytest.raises(ValueError, match="phase name"):
+        with profiler.phase(""):
+            pass
+
+
+def test_run_name_reuse_does_not_clash(tmp_path):
+    with profiler.trace(tmp_path, run_name="same") as a:
+        dist.all_reduce(torch.ones(1))
+    with profiler.trace(tmp_path, run_name="same") as b:
+        dist.all_reduce(torch.ones(2))
+    assert a.run_dir != b.run_dir
+    assert b.run_dir.endswith("same-2")
+    both = analysis.load_events(tmp_path)
+    assert sorted(both["run_id"].unique()) == ["same", "same-2"]
