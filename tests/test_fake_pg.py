@@ -187,9 +187,8 @@ def test_invalid_options_are_clear_errors(tmp_path):
         profiler.trace(tmp_path, capture="everything")
     with pytest.raises(ValueError, match="run_name"):
         profiler.trace(tmp_path, run_name="a/b")
-    with pytest.raises(ValueError, match="phase name"):
-        with profiler.phase(""):
-            pass
+    with pytest.raises(ValueError, match="phase name"), profiler.phase(""):
+        pass
 
 
 def test_run_name_reuse_does_not_clash(tmp_path):

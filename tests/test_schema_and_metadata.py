@@ -10,9 +10,7 @@ import profiler
 from profiler._metadata import comm_env, gpu_inventory, versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONTRACT = ("run_id rank world_size host pid seq pg_name pg_dim pg_size pg_ranks pg_seq op api "
-            "dtype count bytes in_bytes out_bytes peer root async_op backend device t_start_ns "
-            "t_end_ns gpu_duration_ns phase step error").split()
+CONTRACT = ["run_id", "rank", "world_size", "host", "pid", "seq", "pg_name", "pg_dim", "pg_size", "pg_ranks", "pg_seq", "op", "api", "dtype", "count", "bytes", "in_bytes", "out_bytes", "peer", "root", "async_op", "backend", "device", "t_start_ns", "t_end_ns", "gpu_duration_ns", "phase", "step", "error"]
 
 
 def test_contract_columns_present():
