@@ -11,6 +11,7 @@ skipped here, so each logical call is still recorded once. It costs microseconds
 from __future__ import annotations
 
 from collections.abc import Callable
+from threading import get_ident as _get_ident
 from time import time_ns
 from typing import Any
 
@@ -211,7 +212,8 @@ class CommDispatchMode(TorchDispatchMode):
                 rec._complete(ent[1], "wait_tensor", None)
             return out
         spec = table.get(name)
-        if spec is None or rec.tls.depth or not rec.sessions:
+        tid = _get_ident()
+        if spec is None or tid in rec.busy or not rec.sessions:
             return func(*args, **kwargs)
         op, extract = spec
         t0 = time_ns()
@@ -224,14 +226,14 @@ class CommDispatchMode(TorchDispatchMode):
         if api is None:
             api = self._api[key] = _register_api(f"{ns.lstrip('_')}.{name}", op, "dispatch")
         ev = rec.start_event(info.tensor) if rec.cuda_timing else None
-        rec.tls.depth = 1
+        rec.busy[tid] = True
         try:
             out = func(*args, **kwargs)
         except BaseException as exc:
-            rec.tls.depth = 0
+            del rec.busy[tid]
             rec.record(api, info, t0, None, exc, ev)
             raise
-        rec.tls.depth = 0
+        del rec.busy[tid]
         handle = out
         if ns == "c10d":
             handle = out[-1] if isinstance(out, tuple) else out

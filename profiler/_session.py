@@ -15,7 +15,7 @@ from typing import Any
 
 from ._clock import Agreement, agree, exchanges
 from ._metadata import collect_metadata
-from ._recorder import RECORDER, R
+from ._recorder import RECORDER, R, X
 from ._schema import SCHEMA_VERSION
 from ._writer import Identity, resolve_gpu_times, rows_to_table, write_part
 
@@ -134,9 +134,11 @@ class TraceSession:
             if row[R.TEND] is not None:
                 ready.append(row)
             elif final:
+                x = list(row[R.X])
+                x[X.COMPLETION] = "unobserved"
                 row = list(row)  # shared with other sessions: do not mutate
                 row[R.TEND] = row[R.TRET]
-                row[R.COMPLETION] = "unobserved"
+                row[R.X] = x
                 ready.append(row)
             else:
                 pending.append(row)
@@ -178,15 +180,11 @@ class TraceSession:
             return
         import torch.distributed as dist
 
-        tls = RECORDER.tls
-        prev, tls.depth = tls.depth, 1  # the agreement's own collectives are not user traffic
-        try:
+        with RECORDER.unrecorded():  # the agreement's own collectives are not user traffic
             candidate = self._candidate
             if dist.get_rank() == 0 or not exchanges():
                 candidate = _reserve_run_dir(self.out_dir, candidate, self.run_name is not None)
             self._agreement = agree(candidate)
-        finally:
-            tls.depth = prev
         self._ident = None
 
     def _identity(self) -> Identity:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, NamedTuple
 
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 from ._groups import GroupInfo
 from ._ops import GATHER_LIKE
 from ._phases import _LABELS
-from ._recorder import API_TABLE, R
+from ._recorder import API_TABLE, R, X
 from ._schema import RANK_KEY, RUN_ID_KEY, arrow_schema
 
 __all__ = ["Identity", "rows_to_table", "write_part", "resolve_gpu_times"]
@@ -35,47 +36,78 @@ def resolve_gpu_times(rows: list, final: bool) -> list:
     """
     waiting = []
     for row in rows:
-        gpu = row[R.GPU]
-        if gpu is None or isinstance(gpu, int):
+        x = row[R.X]
+        if x is None or x[X.GPU] is None or isinstance(x[X.GPU], int):
             continue
-        start, end = gpu
+        start, end = x[X.GPU]
         if end is None:  # async call never waited: no end event on the stream
-            row[R.GPU] = None
+            x[X.GPU] = None
             continue
         if not end.query():
             if not final:
                 waiting.append(row)
                 continue
             end.synchronize()
-        row[R.GPU] = int(round(start.elapsed_time(end) * 1e6))
+        x[X.GPU] = int(round(start.elapsed_time(end) * 1e6))
     return waiting
 
 
-def _dict_col(values: list, mapping: dict) -> pa.Array:
-    """Strings from a per-unique-value mapping, built as an Arrow dictionary and decoded in C++."""
-    uniq: dict[Any, int] = {}
-    idx = np.fromiter((uniq.setdefault(v, len(uniq)) for v in values), dtype=np.int32,
-                      count=len(values))
-    dictionary = pa.array([mapping(v) if callable(mapping) else mapping.get(v) for v in uniq],
-                          pa.string())
-    return pa.DictionaryArray.from_arrays(pa.array(idx), dictionary).cast(pa.string())
+def _factorize(values: tuple) -> tuple[np.ndarray, list]:
+    """Codes and uniques of objects, by identity: the rows hold few distinct objects (groups,
+    dtypes, phase frames), all alive, so ids are unique and no object is hashed."""
+    ids = np.fromiter(map(id, values), dtype=np.int64, count=len(values))
+    uniq, first, codes = np.unique(ids, return_index=True, return_inverse=True)
+    return codes.astype(np.int32).reshape(-1), [values[i] for i in first]
+
+
+def _decode(codes: np.ndarray, dictionary: list, typ: pa.DataType) -> pa.Array:
+    """Per-unique values expanded to rows by an Arrow dictionary decode (C++)."""
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(dictionary, typ)).cast(typ)
+
+
+def _const(value: Any, n: int, typ: pa.DataType) -> pa.Array:
+    return _decode(np.zeros(n, np.int32), [value], typ)
+
+
+def _num(values: tuple, typ: pa.DataType = pa.int64()) -> pa.Array:
+    return pa.array(values, typ)
+
+
+def _float(values: tuple) -> np.ndarray:
+    """Integers with None as float64 with NaN (for vectorised arithmetic)."""
+    return pa.array(values, pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> pa.Table:
-    """Materialise raw rows into a table with the trace schema."""
+    """Materialise raw rows into a table with the trace schema.
+
+    Everything is columnar: one C-level transpose, then per-unique-value lookups (groups, dtypes,
+    phases, APIs) expanded with Arrow dictionary decodes, and numpy arithmetic for sizes.
+    """
     n = len(rows)
-    cols = list(zip(*rows)) if n else [()] * 21
+    meta = {RUN_ID_KEY: ident.run_id.encode(), RANK_KEY: str(ident.rank).encode()}
+    schema = arrow_schema(meta)
+    if n == 0:
+        return schema.empty_table()
+    # Transposing allocates one iterator per row; with the collector on, that allocation burst
+    # triggers collections that traverse every buffered row (2-3x slower).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        cols = list(zip(*rows))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
-    api_idx = np.fromiter(cols[R.API], dtype=np.int32, count=n)
-    api_names = np.array([a[0] for a in API_TABLE] or [""], dtype=object)
-    ops = np.array([a[1] for a in API_TABLE] or [""], dtype=object)
-    captures = np.array([a[2] for a in API_TABLE] or [""], dtype=object)
-    op_col = ops[api_idx] if n else np.array([], dtype=object)
+    api_idx = np.array(cols[R.API], dtype=np.int32)
+    api_names = [a[0] for a in API_TABLE]
+    op_names = [a[1] for a in API_TABLE]
+    captures = [a[2] for a in API_TABLE]
+    op_arr = np.array(op_names, dtype=object)[api_idx]
 
-    # Group-derived columns, per unique group name.
-    pg_names = cols[R.PG]
-    sizes = {name: (groups[name].size if name in groups else -1) for name in set(pg_names)}
-    pg_size = np.fromiter((sizes[g] for g in pg_names), dtype=np.int64, count=n)
+    pg_codes, pg_uniq = _factorize(cols[R.PG])
+    infos = [groups.get(g) for g in pg_uniq]
+    pg_size = np.array([i.size if i else -1 for i in infos], np.int64)[pg_codes]
 
     def dim_of(name: str) -> str | None:
         label = _LABELS.get(name)
@@ -83,73 +115,91 @@ def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> 
             return "world"
         return label
 
-    # Element sizes and dtype names, per unique dtype.
-    dtypes = cols[R.DTYPE]
-    esize_map = {d: (d.itemsize if d is not None else 0) for d in set(dtypes)}
-    esize = np.fromiter((esize_map[d] for d in dtypes), dtype=np.int64, count=n)
+    dt_codes, dt_uniq = _factorize(cols[R.DTYPE])
+    esize = np.array([d.itemsize if d is not None else 0 for d in dt_uniq], np.int64)[dt_codes]
+    dt_names = [None if d is None else str(d).removeprefix("torch.") for d in dt_uniq]
 
-    gather_like = np.isin(op_col, list(GATHER_LIKE)) if n else np.zeros(0, bool)
-    is_rs = op_col == "reduce_scatter"
-    count = _int_or_nan(cols[R.COUNT], n)
-    in_numel = _int_or_nan(cols[R.IN], n)
-    out_numel = _int_or_nan(cols[R.OUT], n)
+    gather_like = np.isin(op_arr, list(GATHER_LIKE))
+    is_rs = op_arr == "reduce_scatter"
+    count = _float(cols[R.COUNT])
+    in_numel = _float(cols[R.IN])
+    out_numel = _float(cols[R.OUT])
     safe_size = np.where(pg_size > 0, pg_size, 1)
     # Functional collectives leave what needs the group size to here.
     count = np.where(np.isnan(count) & is_rs, np.floor(in_numel / safe_size), count)
     out_numel = np.where(np.isnan(out_numel) & is_rs, count, out_numel)
-    out_numel = np.where(np.isnan(out_numel) & (op_col == "all_gather"), count * safe_size, out_numel)
+    out_numel = np.where(np.isnan(out_numel) & (op_arr == "all_gather"), count * safe_size,
+                         out_numel)
     nbytes = count * esize * np.where(gather_like, safe_size, 1)
 
-    phases = cols[R.PHASE]
-    steps = [None if p is None else p.step for p in phases]
-
-    meta = {RUN_ID_KEY: ident.run_id.encode(), RANK_KEY: str(ident.rank).encode()}
-    schema = arrow_schema(meta)
-    ranks_map = {name: list(groups[name].ranks) if name in groups else None for name in set(pg_names)}
-    backend_map = {name: groups[name].backend if name in groups else None for name in set(pg_names)}
+    ph_codes, ph_uniq = _factorize(cols[R.PHASE])
+    extra = _extras(cols[R.X], n)
 
     arrays = {
-        "run_id": pa.array([ident.run_id] * n, pa.string()),
+        "run_id": _const(ident.run_id, n, pa.string()),
         "rank": pa.array(np.full(n, ident.rank, np.int32)),
         "world_size": pa.array(np.full(n, ident.world_size, np.int32)),
-        "host": pa.array([ident.host] * n, pa.string()),
+        "host": _const(ident.host, n, pa.string()),
         "pid": pa.array(np.full(n, ident.pid, np.int32)),
-        "tid": pa.array(np.fromiter(cols[R.TID], np.int64, count=n)),
-        "seq": pa.array(np.fromiter(cols[R.SEQ], np.int64, count=n)),
-        "pg_name": pa.array(list(pg_names), pa.string()),
-        "pg_dim": _dict_col(pg_names, dim_of),
+        "tid": _num(cols[R.TID]),
+        "seq": _num(cols[R.SEQ]),
+        "pg_name": _decode(pg_codes, pg_uniq, pa.string()),
+        "pg_dim": _decode(pg_codes, [dim_of(g) for g in pg_uniq], pa.string()),
         "pg_size": pa.array(pg_size.astype(np.int32)),
-        "pg_ranks": pa.array([ranks_map[g] for g in pg_names], pa.list_(pa.int32())),
-        "pg_seq": pa.array(np.fromiter(cols[R.PGSEQ], np.int64, count=n)),
-        "op": pa.array(op_col.tolist(), pa.string()),
-        "api": pa.array(api_names[api_idx].tolist() if n else [], pa.string()),
-        "dtype": _dict_col(dtypes, lambda d: None if d is None else str(d).removeprefix("torch.")),
+        "pg_ranks": pa.array([list(i.ranks) if i else None for i in infos],
+                             pa.list_(pa.int32())).take(pa.array(pg_codes)),
+        "pg_seq": _num(cols[R.PGSEQ]),
+        "op": _decode(api_idx, op_names, pa.string()),
+        "api": _decode(api_idx, api_names, pa.string()),
+        "dtype": _decode(dt_codes, dt_names, pa.string()),
         "count": _nullable_int(count),
         "bytes": _nullable_int(nbytes),
         "in_bytes": _nullable_int(in_numel * esize),
         "out_bytes": _nullable_int(out_numel * esize),
-        "peer": pa.array(list(cols[R.PEER]), pa.int32()),
-        "root": pa.array(list(cols[R.ROOT]), pa.int32()),
-        "async_op": pa.array(list(cols[R.ASYNC]), pa.bool_()),
-        "backend": _dict_col(pg_names, backend_map),
-        "device": pa.array([d or "cpu" for d in cols[R.DEVICE]], pa.string()),
-        "t_start_ns": pa.array(list(cols[R.T0]), pa.int64()),
-        "t_end_ns": pa.array(list(cols[R.TEND]), pa.int64()),
-        "t_return_ns": pa.array(list(cols[R.TRET]), pa.int64()),
-        "t_wait_ns": pa.array(list(cols[R.TWAIT]), pa.int64()),
-        "completion": pa.array(list(cols[R.COMPLETION]), pa.string()),
-        "gpu_duration_ns": pa.array(list(cols[R.GPU]), pa.int64()),
-        "phase": _dict_col(phases, lambda p: None if p is None else p.name),
-        "phase_path": _dict_col(phases, lambda p: None if p is None else p.path),
-        "step": pa.array(steps, pa.int64()),
-        "capture": pa.array(captures[api_idx].tolist() if n else [], pa.string()),
-        "error": pa.array(list(cols[R.ERROR]), pa.string()),
+        "peer": extra["peer"],
+        "root": extra["root"],
+        "async_op": extra["async_op"],
+        "backend": _decode(pg_codes, [i.backend if i else None for i in infos], pa.string()),
+        "device": extra["device"],
+        "t_start_ns": _num(cols[R.T0]),
+        "t_end_ns": _num(cols[R.TEND]),
+        "t_return_ns": _num(cols[R.TRET]),
+        "t_wait_ns": extra["t_wait_ns"],
+        "completion": extra["completion"],
+        "gpu_duration_ns": extra["gpu_duration_ns"],
+        "phase": _decode(ph_codes, [p and p.name for p in ph_uniq], pa.string()),
+        "phase_path": _decode(ph_codes, [p and p.path for p in ph_uniq], pa.string()),
+        "step": _decode(ph_codes, [p and p.step for p in ph_uniq], pa.int64()),
+        "capture": _decode(api_idx, captures, pa.string()),
+        "error": extra["error"],
     }
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
-def _int_or_nan(values, n: int) -> np.ndarray:
-    return np.fromiter((np.nan if v is None else v for v in values), dtype=np.float64, count=n)
+_EXTRA_COLUMNS = (("t_wait_ns", X.TWAIT, pa.int64(), None),
+                  ("completion", X.COMPLETION, pa.string(), "return"),
+                  ("peer", X.PEER, pa.int32(), None),
+                  ("root", X.ROOT, pa.int32(), None),
+                  ("async_op", X.ASYNC, pa.bool_(), False),
+                  ("error", X.ERROR, pa.string(), None),
+                  ("device", X.DEVICE, pa.string(), "cpu"),
+                  ("gpu_duration_ns", X.GPU, pa.int64(), None))
+
+
+def _extras(xs: tuple, n: int) -> dict[str, pa.Array]:
+    """Columns kept in a row's extra list; rows of ordinary blocking calls have none."""
+    idx = [i for i, x in enumerate(xs) if x is not None]
+    out = {}
+    for name, k, typ, default in _EXTRA_COLUMNS:
+        if not idx:
+            out[name] = _const(default, n, typ) if default is not None else pa.nulls(n, typ)
+            continue
+        values = [default] * n
+        for i in idx:
+            v = xs[i][k]
+            values[i] = default if (v is None and default is not None) else v
+        out[name] = pa.array(values, typ)
+    return out
 
 
 def _nullable_int(values: np.ndarray) -> pa.Array:
@@ -157,11 +207,20 @@ def _nullable_int(values: np.ndarray) -> pa.Array:
     return pa.array(np.where(mask, 0, values).astype(np.int64), mask=mask)
 
 
+# Dictionary-encode the low-cardinality columns only, and keep min/max statistics where readers
+# filter (rank, op, group, phase, sizes, times): this doubles the write rate.
+_DICTIONARY_COLUMNS = ["run_id", "host", "pg_name", "pg_dim", "op", "api", "dtype", "backend",
+                       "device", "completion", "phase", "phase_path", "capture", "error"]
+_STATISTICS_COLUMNS = ["rank", "seq", "pg_name", "pg_dim", "pg_seq", "op", "bytes", "phase",
+                       "step", "t_start_ns"]
+
+
 def write_part(table: pa.Table, directory: str, name: str) -> str:
     """Write `table` to directory/name atomically: readers never see a partial file."""
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, name)
     tmp = os.path.join(directory, f".{name}.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=1)
+    pq.write_table(table, tmp, compression="zstd", compression_level=1,
+                   use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS)
     os.replace(tmp, final)
     return final

@@ -19,8 +19,8 @@ from profiler._writer import Identity, rows_to_table, write_part
 def _row(api_idx, seq, t0, count, phase=None):
     import torch
 
-    return [api_idx, t0, t0 + 1000, t0 + 900, None, "return", torch.float32, count, count, count,
-            "0", seq, seq, None, None, False, phase, None, None, None, 1]
+    return (api_idx, t0, t0 + 1000, t0 + 900, torch.float32, count, count, count, "0", seq, seq,
+            phase, 1, None)
 
 
 def _write_rank(run_dir, rank, offset_ns, n=3, t0=1_000_000):
