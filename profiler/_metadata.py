@@ -133,8 +133,17 @@ def _inventory(nv: Any) -> dict[str, Any]:
     return {"count": count, "gpus": gpus, "topology": topology}
 
 
+_CACHE: dict[str, Any] = {}
+
+
 def collect_metadata() -> dict[str, Any]:
-    """Everything about this process that does not change during a run."""
+    """Everything about this process that does not change during a run (collected once)."""
+    if not _CACHE:
+        _CACHE.update(_collect())
+    return dict(_CACHE)
+
+
+def _collect() -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),

@@ -9,8 +9,10 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ._clock import Agreement, agree, exchanges
@@ -32,7 +34,9 @@ class TraceSession:
     Rows are buffered in memory and written as Parquet part files under
     ``<out_dir>/<run_id>/rank_<NNNNN>/`` whenever `flush_events` rows are buffered or the first
     call after `flush_interval_s` seconds; on leaving the block, at interpreter exit and on
-    SIGTERM. A SIGKILL therefore loses at most the rows recorded since the last flush.
+    SIGTERM. Parts are encoded on a writer thread (at most two in flight). A SIGKILL therefore
+    loses at most the rows recorded since the last flush plus the parts still being written:
+    at most 3 x `flush_events` rows.
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, run_name: str | None = None,
@@ -66,6 +70,9 @@ class TraceSession:
         self._open = False
         self._closed = False
         self._t_open_ns: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending_writes: list = []
+        self._write_errors: list[str] = []
 
     # -- public -------------------------------------------------------------------------------
     @property
@@ -148,7 +155,7 @@ class TraceSession:
             ready = [r for r in ready if id(r) not in ids]
         self._carry = pending + waiting
         if ready:
-            self._write(ready)
+            self._write(ready, sync=final)
         return len(ready)
 
     def close(self) -> None:
@@ -170,6 +177,10 @@ class TraceSession:
         if self in _OPEN:
             _OPEN.remove(self)
         self.flush(blocking=False, final=True)
+        self._drain_writes()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self.events_written or self._agreement is not None:
             self._write_metadata(final=True)
 
@@ -207,14 +218,42 @@ class TraceSession:
                                    world_pg)
         return self._ident
 
-    def _write(self, rows: list) -> None:
+    def _write(self, rows: list, sync: bool) -> None:
         ident = self._identity()
         table = rows_to_table(rows, ident, RECORDER.groups.infos)
-        write_part(table, self.rank_dir, f"part-{ident.pid}-{self.parts:05d}.parquet")
+        name = f"part-{ident.pid}-{self.parts:05d}.parquet"
+        fut = None
+        if not sync:
+            # Parquet encoding releases the GIL: a writer thread overlaps it with the program.
+            try:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="commscope-writer")
+                fut = self._executor.submit(write_part, table, self.rank_dir, name)
+            except RuntimeError:  # interpreter shutting down: no new threads
+                fut = None
+        if fut is None:
+            fut = Future()
+            try:
+                fut.set_result(write_part(table, self.rank_dir, name))
+            except Exception as exc:
+                fut.set_exception(exc)
+        self._pending_writes.append(fut)
         self.parts += 1
         self.events_written += len(rows)
         if self.parts == 1:
             self._write_metadata(final=False)
+        if len(self._pending_writes) > 2:  # bound memory: at most two tables in flight
+            self._drain_writes(keep=2)
+
+    def _drain_writes(self, keep: int = 0) -> None:
+        while len(self._pending_writes) > keep:
+            fut = self._pending_writes.pop(0)
+            try:
+                fut.result()
+            except Exception as exc:  # a full disk must not kill the traced program
+                self._write_errors.append(repr(exc))
+                print(f"commscope: failed to write a trace part under {self.rank_dir}: {exc!r}",
+                      file=sys.stderr)
 
     def _write_metadata(self, final: bool) -> None:
         ident = self._identity()
@@ -238,6 +277,7 @@ class TraceSession:
             "t_close_ns": time.time_ns() if final else None,
             "events_written": self.events_written,
             "parts": self.parts,
+            "write_errors": self._write_errors,
             "flush_events": self.flush_events,
             "flush_interval_s": self.flush_interval_s,
         }

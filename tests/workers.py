@@ -217,6 +217,7 @@ def sigkill_worker(rank: int, world: int, out_dir: str) -> None:
         dist.all_reduce(torch.ones(4))
     dist.barrier()  # both ranks have issued all 35 before one dies
     if rank == 1:
+        time.sleep(0.5)  # let the writer thread finish the parts already flushed
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.5)
     session.close()
