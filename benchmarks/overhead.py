@@ -184,11 +184,11 @@ def main() -> None:
                   f"ratio {t / b:.3f}")
         print(f"[floor] a minimal Python wrapper (2 timestamps, dtype, numel, append) adds "
               f"{wrapper_floor(a.calls):.2f} us/call on this machine")
-        rate = write_rate(a.write_events, os.path.join(out, "write"))
-        print(f"[write] {a.write_events:,} events -> Parquet at {rate:,.0f} events/s")
         before, after, rec_rate = memory_growth(a.memory_events, os.path.join(out, "mem"))
         print(f"[memory] {a.memory_events:,} events traced at {rec_rate:,.0f} calls/s; peak RSS "
               f"{before:.0f} MiB -> {after:.0f} MiB (+{after - before:.0f} MiB)")
+        rate = write_rate(a.write_events, os.path.join(out, "write"))
+        print(f"[write] {a.write_events:,} events -> Parquet at {rate:,.0f} events/s")
         dist.destroy_process_group()
         if not a.skip_gloo:
             b, t, d = gloo_overhead(max(5, a.pairs // 3), a.calls // 4, os.path.join(out, "gloo"))

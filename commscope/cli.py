@@ -58,6 +58,36 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nccl_log(args: argparse.Namespace) -> int:
+    from profiler import parse_nccl_logs
+
+    log = parse_nccl_logs(args.logs)
+    paths = log.write(args.out)
+    print(log.summary_text())
+    print(f"{len(log.collectives):,} collectives, {len(log.communicators)} communicators, "
+          f"{len(log.topology):,} topology rows, {len(log.warnings)} warnings")
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_nccl_tests(args: argparse.Namespace) -> int:
+    from profiler import parse_nccl_tests
+
+    df = parse_nccl_tests(args.files)
+    if df.empty:
+        print("commscope nccl-tests: no nccl-tests result rows found", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    df.to_parquet(args.out, index=False)
+    g = df.groupby(["collective", "nranks", "dtype", "placement"], dropna=False).agg(
+        sizes=("bytes", "nunique"), min_bytes=("bytes", "min"), max_bytes=("bytes", "max"),
+        peak_busbw_GBps=("busbw_GBps", "max"))
+    print(g.to_string())
+    print(f"wrote {len(df)} measurements to {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from commscope.demo import run_demo
 
@@ -85,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the trace schema (columns, units, meaning)")
     s.set_defaults(func=_cmd_schema)
 
+    n = sub.add_parser("nccl-log", help="parse NCCL_DEBUG=INFO logs into Parquet tables",
+                       description="Parse NCCL debug logs (plain or gzip; a folder means every "
+                                   "file in it) into collectives/communicators/topology/"
+                                   "warnings.parquet and print what was recognised.")
+    n.add_argument("logs", nargs="+", metavar="LOG")
+    n.add_argument("-o", "--out", required=True, help="output folder")
+    n.set_defaults(func=_cmd_nccl_log)
+
+    t = sub.add_parser("nccl-tests", help="parse nccl-tests *_perf output into measurements",
+                       description="Parse nccl-tests output into one Parquet table of "
+                                   "measurements (calibration input).")
+    t.add_argument("files", nargs="+", metavar="FILE")
+    t.add_argument("-o", "--out", required=True, help="output .parquet file")
+    t.set_defaults(func=_cmd_nccl_tests)
+
     d = sub.add_parser("demo", help="run the end-to-end demo (what `make demo` runs)")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     d.set_defaults(func=_cmd_demo)
@@ -99,6 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         print(f"commscope {args.cmd}: error: {exc}", file=sys.stderr)
         return 1
