@@ -110,3 +110,13 @@ def test_metadata_loader(tmp_path):
     meta = analysis.load_metadata(tmp_path / "run")
     assert sorted(m["clock_offset_ns"] for m in meta) == [0, 7]
     assert isinstance(pd.DataFrame(meta), pd.DataFrame)
+
+
+def test_committed_sample_trace_loads():
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    df = analysis.load_events(os.path.join(root, "traces", "sample_tp2"))
+    assert len(df) == 20 and set(df["op"]) == {"all_reduce"} and set(df["pg_dim"]) == {"tp"}
+    assert df.groupby("phase").size().to_dict() == {"decode": 16, "prefill": 4}
+    assert set(df[df["phase"] == "prefill"]["bytes"]) == {16 * 256 * 4}
