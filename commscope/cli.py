@@ -88,6 +88,26 @@ def _cmd_nccl_tests(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    import analysis
+
+    events = analysis.load_events(args.trace)
+    table = analysis.summarize(events)
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+        return 0
+    shown = table.copy()
+    for c in ("total_time_us", "p50_us", "p90_us", "p99_us"):
+        shown[c] = shown[c].map(lambda v: f"{v:,.1f}")
+    shown["median_busbw_GBps"] = shown["median_busbw_GBps"].map(lambda v: f"{v:.3f}")
+    shown["share_of_wall"] = shown["share_of_wall"].map(lambda v: f"{100 * v:.1f}%")
+    print(f"{len(events):,} events, {events['rank'].nunique()} ranks, "
+          f"{events['run_id'].nunique()} run(s) under {args.trace}")
+    print(shown.head(args.top).to_string(index=False))
+    print(f"busbw: {analysis.BUSBW_DEFINITION}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from commscope.demo import run_demo
 
@@ -129,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", metavar="FILE")
     t.add_argument("-o", "--out", required=True, help="output .parquet file")
     t.set_defaults(func=_cmd_nccl_tests)
+
+    m = sub.add_parser("summary", help="per phase/op/dimension/size table of a trace",
+                       description="Calls, total time, p50/p90/p99 latency, median bus "
+                                   "bandwidth and share of wall time per (phase, op, pg_dim, "
+                                   "pg_size, size bucket).")
+    m.add_argument("trace", help="a run folder (or a folder of runs)")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.add_argument("--top", type=int, default=40, help="rows to print (default 40)")
+    m.set_defaults(func=_cmd_summary)
 
     d = sub.add_parser("demo", help="run the end-to-end demo (what `make demo` runs)")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

@@ -20,7 +20,7 @@ def _commscope(*args: str, **kw) -> subprocess.CompletedProcess:
 def test_help_lists_subcommands():
     r = _commscope("--help")
     assert r.returncode == 0
-    for cmd in ("run", "schema", "demo"):
+    for cmd in ("run", "schema", "demo", "summary", "nccl-log", "nccl-tests"):
         assert cmd in r.stdout
 
 
@@ -58,3 +58,22 @@ def test_run_keeps_the_trace_of_a_crashing_program(tmp_path):
 def test_run_without_command_is_an_error(tmp_path):
     r = _commscope("run", "--out", str(tmp_path))
     assert r.returncode == 2 and "no command" in r.stderr
+
+
+def test_summary_command_table_and_json():
+    import json
+
+    r = _commscope("summary", "traces/sample_tp2")
+    assert r.returncode == 0, r.stderr
+    assert "20 events, 2 ranks" in r.stdout and "busbw:" in r.stdout
+    r = _commscope("summary", "traces/sample_tp2", "--json")
+    rows = json.loads(r.stdout)
+    assert sum(x["calls"] for x in rows) == 20
+    assert {x["phase"] for x in rows} == {"prefill", "decode"}
+
+
+def test_nccl_commands_errors_are_clear(tmp_path):
+    r = _commscope("nccl-log", str(tmp_path / "missing.log"), "-o", str(tmp_path / "out"))
+    assert r.returncode == 1 and "NCCL log not found" in r.stderr
+    r = _commscope("summary", str(tmp_path))
+    assert r.returncode == 1 and "no commscope trace files" in r.stderr

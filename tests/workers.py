@@ -273,3 +273,45 @@ def overhead_worker(rank: int, world: int, n: int) -> None:  # used by the gloo 
     t = torch.ones(1)
     for _ in range(n):
         dist.all_reduce(t)
+
+
+def straggler_worker(rank: int, world: int, out_dir: str) -> None:
+    """Rank 1 sleeps 50 ms before every third all_reduce."""
+    t = torch.ones(1024)
+    with profiler.trace(out_dir, run_name="straggler"):
+        for i in range(9):
+            if rank == 1 and i % 3 == 0:
+                time.sleep(0.05)
+            dist.all_reduce(t)
+
+
+def overlap_worker(rank: int, world: int, out_dir: str) -> None:
+    """Async isend/irecv with computation between issue and wait."""
+    a = torch.randn(256, 256)
+    with profiler.trace(out_dir, run_name="overlap"), profiler.phase("decode", step=0):
+        if rank == 0:
+            work = dist.isend(torch.ones(1 << 16), dst=1)
+        else:
+            buf = torch.empty(1 << 16)
+            work = dist.irecv(buf, src=0)
+        t_end = time.perf_counter() + 0.03  # ~30 ms of computation overlapping the transfer
+        while time.perf_counter() < t_end:
+            a = torch.tanh(a @ a)
+        work.wait()
+        if rank == 1:
+            assert buf.sum().item() == 1 << 16
+
+
+def mismatch_worker(rank: int, world: int, out_dir: str) -> None:
+    """Rank 1 skips the third all_reduce; rank 0 times out in it (typical hang)."""
+    with profiler.trace(out_dir, run_name="mismatch"):
+        for i in range(3):
+            if rank == 1 and i == 2:
+                break
+            try:
+                dist.all_reduce(torch.ones(16))
+            except RuntimeError:
+                assert rank == 0 and i == 2
+    if rank == 1:
+        time.sleep(5)  # stay alive past rank 0's timeout, as a hung peer would
+    os._exit(0)

@@ -1,0 +1,47 @@
+"""Algorithm and bus bandwidth with the nccl-tests definitions.
+
+algbw = bytes / time, busbw = algbw x factor(op, n), n = process-group size, GB = 1e9 bytes.
+Factors (nccl-tests doc/PERFORMANCE.md): all_reduce 2(n-1)/n; all_gather, reduce_scatter,
+all_to_all, gather, scatter (n-1)/n; broadcast, reduce, send, recv 1; barrier has none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["bandwidth", "bus_factor", "BUSBW_DEFINITION"]
+
+BUSBW_DEFINITION = ("algbw = bytes / time; busbw = algbw x 2(n-1)/n for all_reduce, x (n-1)/n "
+                    "for all_gather, reduce_scatter, all_to_all, gather, scatter, x 1 for "
+                    "broadcast, reduce, send, recv (nccl-tests); n = process-group size; "
+                    "1 GB = 1e9 bytes")
+
+
+def bus_factor(op: pd.Series | np.ndarray, n: pd.Series | np.ndarray) -> np.ndarray:
+    """The nccl-tests bus-bandwidth factor per row (NaN for barrier and unknown ops)."""
+    op = np.asarray(op, dtype=object)
+    n = np.asarray(pd.to_numeric(pd.Series(n), errors="coerce").astype("float64"))
+    ring = np.where(n > 0, (n - 1) / np.where(n > 0, n, 1), np.nan)
+    out = np.full(len(op), np.nan)
+    out = np.where(op == "all_reduce", 2 * ring, out)
+    out = np.where(np.isin(op, ["all_gather", "reduce_scatter", "all_to_all", "gather",
+                                "scatter"]), ring, out)
+    out = np.where(np.isin(op, ["broadcast", "reduce", "send", "recv"]), 1.0, out)
+    return out
+
+
+def _gbps(nbytes: pd.Series, ns: pd.Series) -> np.ndarray:
+    b = pd.to_numeric(nbytes, errors="coerce").astype("float64").to_numpy()
+    t = pd.to_numeric(ns, errors="coerce").astype("float64").to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(t > 0, b / t, np.nan)  # bytes per ns = GB/s
+
+
+def bandwidth(events: pd.DataFrame) -> pd.DataFrame:
+    """`events` with `duration_ns`, `algbw_GBps` and `busbw_GBps` from each call's own duration."""
+    out = events.copy()
+    out["duration_ns"] = (out["t_end_ns"] - out["t_start_ns"]).astype("Int64")
+    out["algbw_GBps"] = _gbps(out["bytes"], out["duration_ns"])
+    out["busbw_GBps"] = out["algbw_GBps"] * bus_factor(out["op"], out["pg_size"])
+    return out
