@@ -11,6 +11,8 @@ Point-to-point: the k-th send A->B on a group pairs with the k-th recv on B from
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -37,14 +39,20 @@ def collective_waits(events: pd.DataFrame) -> pd.DataFrame:
     return w.reset_index(drop=True)
 
 
-def match_collectives(events: pd.DataFrame) -> pd.DataFrame:
+def match_collectives(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """One row per logical collective (pg_name, pg_seq) and per matched send/recv pair.
+
+    `events` may be a trace path: then DuckDB computes it out of core (for huge traces).
 
     Columns: run_id, pg_name, pg_seq, op, bytes, pg_size, ranks_seen, t_first_start_ns,
     t_last_start_ns, start_skew_ns, last_rank, transfer_ns, algbw_GBps, busbw_GBps (from
     transfer_ns), phase, step. For send/recv pairs, `op` is 'send', ranks_seen 2, `last_rank`
     the side that arrived last, `pg_seq` the pair ordinal, plus `src` and `dst`.
     """
+    if isinstance(events, (str, os.PathLike)):
+        from ._engine import match_collectives_sql
+
+        return match_collectives_sql(events)
     ev, keys = _collectives(events)
     g = ev.sort_values("t_start_ns").groupby(keys, sort=False)
     out = g.agg(op=("op", "first"), bytes=("bytes", "max"), pg_size=("pg_size", "first"),
@@ -90,13 +98,18 @@ def _match_p2p(events: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def stragglers(events: pd.DataFrame) -> pd.DataFrame:
+def stragglers(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """Per rank: how often it arrived last at a collective, the total wait it imposed on the
     other ranks (sum of their wait_ns at those instances) and the total time it waited itself.
 
     Columns: rank, collectives, times_last, wait_imposed_ns, wait_total_ns, share_last; sorted
     with the worst straggler first. Instances with a start skew of 0 have no straggler.
+    `events` may be a trace path (DuckDB, out of core).
     """
+    if isinstance(events, (str, os.PathLike)):
+        from ._engine import stragglers_sql
+
+        return stragglers_sql(events)
     w = collective_waits(events)
     _, keys = _collectives(events)
     if w.empty:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -12,27 +14,34 @@ __all__ = ["summarize", "size_bucket"]
 _UNITS = ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))
 
 
-def size_bucket(nbytes: pd.Series) -> pd.Series:
-    """Power-of-two upper bound of each size, as a label ('<=4KiB'); '0B' for empty calls."""
+def _bucket_label(v: float) -> str:
+    if not v or v != v:
+        return "0B"
+    for size, unit in _UNITS:
+        if v >= size:
+            return f"<={int(v // size)}{unit}"
+    return f"<={int(v)}B"
+
+
+def size_bucket(nbytes: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Power-of-two upper bound of each size, as a label ('<=4KiB'; '0B' for empty calls),
+    and the bound in bytes."""
     b = pd.to_numeric(nbytes, errors="coerce").astype("float64").to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         up = np.where(b > 0, 2 ** np.ceil(np.log2(np.where(b > 0, b, 1))), 0)
-
-    def label(v: float) -> str:
-        if not v:
-            return "0B"
-        for size, unit in _UNITS:
-            if v >= size:
-                return f"<={int(v // size)}{unit}"
-        return f"<={int(v)}B"
-
-    return pd.Series([label(v) for v in up], index=nbytes.index, dtype=object), up
+    return pd.Series([_bucket_label(v) for v in up], index=nbytes.index, dtype=object), up
 
 
-def summarize(events: pd.DataFrame) -> pd.DataFrame:
+def summarize(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """Per (phase, op, pg_dim, pg_size, size bucket): calls, total time, p50/p90/p99 latency,
     median busbw, bytes, and share of the trace's wall time (first start to last end, per rank,
-    averaged over ranks), largest total time first."""
+    averaged over ranks), largest total time first.
+
+    `events` may be a trace path: then DuckDB computes it out of core (for huge traces)."""
+    if isinstance(events, (str, os.PathLike)):
+        from ._engine import summarize_sql
+
+        return summarize_sql(events)
     ev = bandwidth(events)
     ev["size_bucket"], ev["_bucket_bytes"] = size_bucket(ev["bytes"])
     ev["phase"] = ev["phase"].fillna("(none)")
