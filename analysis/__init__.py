@@ -12,17 +12,28 @@ Public API::
     analysis.overlap(events)              # async calls: window, exposed, hidden fraction
     analysis.find_mismatches(events)      # first disagreement per group (hangs)
     analysis.summarize(events)            # per phase/op/dim/size: latency percentiles, busbw
+    analysis.load_measurements(paths)     # calibration input (traces, nccl-tests, tables)
+    analysis.CostModel.fit(measurements)  # piecewise alpha-beta; .predict/.save/.load/.quality
+    analysis.predict_schedule(model, workload, config, cost_model)
+    analysis.compare(events, model, workload, config, cost_model)
+    analysis.advise(devices, model, workload, cost_model)
 """
 
 from ._bandwidth import BUSBW_DEFINITION, bandwidth, bus_factor
+from ._costmodel import CostModel, CostModelWarning, nsteps
 from ._load import TraceFormatError, find_part_files, load_events, load_metadata
 from ._matching import collective_waits, match_collectives, stragglers
+from ._measurements import load_measurements
 from ._mismatch import find_mismatches
 from ._nccl_join import NcclJoin, join_nccl
 from ._overlap import overlap
+from ._schedule import advise, compare, predict_schedule
 from ._summary import size_bucket, summarize
+from ._workload import PRESETS, TP2D, ModelSpec, ParallelConfig, Workload
 
 __all__ = ["load_events", "load_metadata", "find_part_files", "TraceFormatError", "join_nccl",
            "NcclJoin", "bandwidth", "bus_factor", "BUSBW_DEFINITION", "match_collectives",
            "collective_waits", "stragglers", "overlap", "find_mismatches", "summarize",
-           "size_bucket"]
+           "size_bucket", "load_measurements", "CostModel", "CostModelWarning", "nsteps",
+           "ModelSpec", "Workload", "ParallelConfig", "TP2D", "PRESETS", "predict_schedule",
+           "compare", "advise"]

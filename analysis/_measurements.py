@@ -53,7 +53,7 @@ def _from_table(df: pd.DataFrame, path: str) -> pd.DataFrame:
             "nranks": df["num_gpus"].astype("int64"), "nodes": 1, "dtype": df["nccl_dtype"],
             "bytes": (df["message_size"] * elem).astype("int64"),
             "time_us": df["latency"].astype("float64") * 1e3,
-            "gpu": df["device"] if "device" in df else None,
+            "gpu": df.get("device"),
             "library": df.get("kernel_source", pd.Series("NCCL", index=df.index)).str.lower(),
             "source": path})
     if "placement" in df.columns:  # parse_nccl_tests output: out-of-place is the reference
@@ -73,12 +73,9 @@ def _from_table(df: pd.DataFrame, path: str) -> pd.DataFrame:
 
 
 def _is_trace(path: str) -> bool:
-    if not os.path.isdir(path):
-        return False
-    for _, _, files in os.walk(path):
-        if any(f.endswith(".parquet") for f in files):
-            return True
-    return False
+    """A commscope trace folder: it holds rank_<N> folders (at any depth)."""
+    return os.path.isdir(path) and any(d.startswith("rank_") for _, ds, _ in os.walk(path)
+                                       for d in ds)
 
 
 def load_measurements(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> pd.DataFrame:
@@ -94,12 +91,9 @@ def load_measurements(paths: Iterable[str | os.PathLike] | str | os.PathLike) ->
     for p in map(os.fspath, paths):
         if not os.path.exists(p):
             raise FileNotFoundError(f"measurements not found: {p}")
-        if _is_trace(p) and not p.endswith(".parquet"):
-            trace_like = any(n.startswith("rank_") for _, ds, _ in os.walk(p) for n in ds)
-            if trace_like:
-                frames.append(_from_trace(p))
-                continue
-        if p.endswith(".csv"):
+        if _is_trace(p):
+            frames.append(_from_trace(p))
+        elif p.endswith(".csv"):
             frames.append(_from_table(pd.read_csv(p), p))
         elif p.endswith(".parquet"):
             frames.append(_from_table(pd.read_parquet(p), p))
