@@ -12,7 +12,8 @@ L layers, t = TP size, p = PP size.
 - Sequence parallelism: each all_reduce becomes a reduce_scatter + an all_gather of T*h*b.
 - PP: p-1 stage boundaries per forward; each TP rank of a stage sends the activations T*h*b to
   its peer in the next stage (`pp_sends="hidden"`); vLLM-style `"hidden+residual"` sends 2*T*h*b;
-  `pp_tp_split=True` sends T*h*b/t per TP rank and all_gathers T*h*b on the receiver.
+  `pp_tp_split=True` sends T*h*b/t per TP rank and all_gathers T*h*b on the receiver; the last
+  stage returns the sampled token ids (batch x 8 bytes) to the first (`pp_token_return`).
 - 2D TP (grid of row and column groups): per layer and per sublayer (attention, MLP) one
   all_gather over the row group of T*h*b/len(cols) and one reduce_scatter over the column group
   of T*h*b/len(rows) (per-group sizes for uneven AsymGroup grids; each group size is a row).
@@ -36,7 +37,7 @@ SCHEDULE_COLUMNS = ["phase", "op", "pg_dim", "pg_size", "bytes", "count", "predi
 
 
 def _rows(model: ModelSpec, T: int, sampled: int, cfg: ParallelConfig, pp_sends: str,
-          pp_tp_split: bool) -> list[tuple]:
+          pp_tp_split: bool, pp_token_return: bool) -> list[tuple]:
     h, b, L = model.hidden_size, model.dtype_bytes, model.num_layers
     t, p = cfg.tp, cfg.pp
     act = T * h * b
@@ -74,6 +75,11 @@ def _rows(model: ModelSpec, T: int, sampled: int, cfg: ParallelConfig, pp_sends:
         if pp_tp_split and tp_ranks > 1:
             rows.append(("all_gather", "tp", tp_ranks, mult * act, per_rank,
                          "PP+TP: re-assemble the split activations"))
+        if pp_token_return:
+            rows.append(("send", "pp", 2, sampled * 8, 1 / p,
+                         "PP: sampled token ids (int64) back to the first stage"))
+            rows.append(("recv", "pp", 2, sampled * 8, 1 / p,
+                         "PP: sampled token ids from the last stage"))
     if cfg.ep > 1 and model.num_experts:
         e, k = cfg.ep, model.experts_per_token
         a2a = int(T * k * h * b * (e - 1) / e)
@@ -85,7 +91,7 @@ def _rows(model: ModelSpec, T: int, sampled: int, cfg: ParallelConfig, pp_sends:
 
 def predict_schedule(model: ModelSpec, workload: Workload, config: ParallelConfig,
                      cost_model: Any = None, *, pp_sends: str = "hidden",
-                     pp_tp_split: bool = False) -> pd.DataFrame:
+                     pp_tp_split: bool = False, pp_token_return: bool = True) -> pd.DataFrame:
     """Collectives per rank of one prefill and of one decode step (see module doc).
 
     Columns: phase, op, pg_dim, pg_size, bytes, count (per rank), predicted_us (count x
@@ -96,7 +102,7 @@ def predict_schedule(model: ModelSpec, workload: Workload, config: ParallelConfi
     out = []
     for phase, T in (("prefill", workload.prefill_tokens), ("decode", workload.decode_tokens)):
         for op, dim, size, nbytes, count, what in _rows(model, T, workload.batch, config,
-                                                        pp_sends, pp_tp_split):
+                                                        pp_sends, pp_tp_split, pp_token_return):
             per_call = _predict(cost_model, op, size, nbytes)
             out.append((phase, op, dim, int(size), int(nbytes), float(count),
                         per_call * count, per_call, what))

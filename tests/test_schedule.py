@@ -47,22 +47,25 @@ def test_sequence_parallel():
 
 
 def test_pp_and_options():
-    assert _rows(ParallelConfig(pp=2)) == {
+    assert _rows(ParallelConfig(pp=2), pp_token_return=False) == {
         ("prefill", "send", "pp", 2, 4096): 0.5, ("prefill", "recv", "pp", 2, 4096): 0.5,
         ("decode", "send", "pp", 2, 512): 0.5, ("decode", "recv", "pp", 2, 512): 0.5,
     }
+    # Sampled token ids (int64) go back from the last stage to the first.
+    r = _rows(ParallelConfig(pp=2))
+    assert r[("decode", "send", "pp", 2, 2 * 8)] == 0.5
     r = _rows(ParallelConfig(pp=4), pp_sends="hidden+residual")
     assert r[("prefill", "send", "pp", 2, 8192)] == 0.75
 
 
 def test_tp_x_pp():
-    assert _rows(ParallelConfig(tp=2, pp=2)) == {
+    assert _rows(ParallelConfig(tp=2, pp=2), pp_token_return=False) == {
         ("prefill", "all_reduce", "tp", 2, 4096): 4.5, ("prefill", "all_gather", "tp", 2, 800): 0.5,
         ("prefill", "send", "pp", 2, 4096): 0.5, ("prefill", "recv", "pp", 2, 4096): 0.5,
         ("decode", "all_reduce", "tp", 2, 512): 4.5, ("decode", "all_gather", "tp", 2, 800): 0.5,
         ("decode", "send", "pp", 2, 512): 0.5, ("decode", "recv", "pp", 2, 512): 0.5,
     }
-    split = _rows(ParallelConfig(tp=2, pp=2), pp_tp_split=True)
+    split = _rows(ParallelConfig(tp=2, pp=2), pp_tp_split=True, pp_token_return=False)
     assert split[("prefill", "send", "pp", 2, 2048)] == 0.5
     assert split[("prefill", "all_gather", "tp", 2, 4096)] == 0.5
 

@@ -1,0 +1,36 @@
+"""The Llama example: every parallel configuration generates the single-process tokens, and its
+traces agree exactly (counts and bytes) with the predicted schedule."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import analysis
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+import llama  # noqa: E402
+
+W = analysis.Workload(batch=2, prompt_len=16, output_len=8)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return llama.run(1, 1, batch=W.batch, prompt=W.prompt_len, output=W.output_len)[1]
+
+
+@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2), (2, 2)])
+def test_same_tokens_and_exact_schedule(tmp_path, reference, tp, pp):
+    run_dir, tokens = llama.run(tp, pp, out=str(tmp_path), batch=W.batch, prompt=W.prompt_len,
+                                output=W.output_len)
+    assert tokens == reference
+    assert len(tokens) == W.batch and len(tokens[0]) == W.output_len
+    ev = analysis.load_events(run_dir)
+    assert ev["rank"].nunique() == tp * pp
+    c = analysis.compare(ev, llama.Config().spec(8), W, analysis.ParallelConfig(tp=tp, pp=pp))
+    assert set(c["status"]) == {"matched"}
+    assert (c["count_error"].abs() < 1e-12).all()
+    assert (ev.loc[ev["phase"] == "decode", "step"].nunique()) == W.output_len - 1
