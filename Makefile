@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/commscope demo
 
-test: setup
+# Report tests open pages in headless Chromium from the OS packages (skipped if unavailable).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "chromium not installed: browser tests will be skipped"
+
+test: setup browser
 	$(VPY) -m pytest -q
 
 lint: setup

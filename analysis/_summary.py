@@ -29,7 +29,8 @@ def size_bucket(nbytes: pd.Series) -> tuple[pd.Series, np.ndarray]:
     b = pd.to_numeric(nbytes, errors="coerce").astype("float64").to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
         up = np.where(b > 0, 2 ** np.ceil(np.log2(np.where(b > 0, b, 1))), 0)
-    return pd.Series([_bucket_label(v) for v in up], index=nbytes.index, dtype=object), up
+    labels = {v: _bucket_label(v) for v in np.unique(up)}
+    return pd.Series([labels[v] for v in up], index=nbytes.index, dtype=object), up
 
 
 def summarize(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:

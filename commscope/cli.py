@@ -212,6 +212,20 @@ def _cmd_advise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    import dashboards
+
+    model = workload = config = None
+    if args.model:
+        model, workload = _model(args), _workload(args)
+        config = _config(args)
+    out = dashboards.write_report(args.traces, args.out, calibration=args.calibration,
+                                  model=model, workload=workload, config=config,
+                                  nccl_logs=args.nccl_log, title=args.title)
+    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from commscope.demo import run_demo
 
@@ -311,6 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--max-pp", type=int, default=None)
     model_args(ad, config=False)
     ad.set_defaults(func=_cmd_advise)
+
+    rp = sub.add_parser("report", help="write a self-contained HTML report of traces",
+                        description="One offline HTML page for one or several traces (several "
+                                    "are compared side by side).")
+    rp.add_argument("traces", nargs="+", metavar="TRACE")
+    rp.add_argument("-o", "--out", required=True, help="HTML file to write")
+    rp.add_argument("--nccl-log", nargs="+", help="NCCL debug logs of the same run")
+    rp.add_argument("--title")
+    model_args(rp)
+    for a in rp._actions:  # the model is optional here
+        if a.dest == "model":
+            a.required = False
+    rp.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="run the end-to-end demo (what `make demo` runs)")
     d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
