@@ -29,6 +29,7 @@ from ._nccl_join import NcclJoin, join_nccl
 from ._overlap import overlap
 from ._schedule import advise, compare, predict_schedule
 from ._summary import size_bucket, summarize
+from ._sweep import sweep_table
 from ._workload import PRESETS, TP2D, ModelSpec, ParallelConfig, Workload
 
 __all__ = ["load_events", "load_metadata", "find_part_files", "TraceFormatError", "join_nccl",
@@ -36,4 +37,4 @@ __all__ = ["load_events", "load_metadata", "find_part_files", "TraceFormatError"
            "collective_waits", "stragglers", "overlap", "find_mismatches", "summarize",
            "size_bucket", "load_measurements", "CostModel", "CostModelWarning", "nsteps",
            "ModelSpec", "Workload", "ParallelConfig", "TP2D", "PRESETS", "predict_schedule",
-           "compare", "advise"]
+           "compare", "advise", "sweep_table"]

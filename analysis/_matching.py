@@ -18,7 +18,7 @@ import pandas as pd
 
 from ._bandwidth import _gbps, bus_factor
 
-__all__ = ["match_collectives", "collective_waits", "stragglers"]
+__all__ = ["match_collectives", "collective_waits", "stragglers", "row_waits"]
 
 _P2P = ("send", "recv")
 
@@ -37,6 +37,28 @@ def collective_waits(events: pd.DataFrame) -> pd.DataFrame:
     latest = w.groupby(keys)["t_start_ns"].transform("max")
     w["wait_ns"] = (latest - w["t_start_ns"]).astype("Int64")
     return w.reset_index(drop=True)
+
+
+def row_waits(events: pd.DataFrame) -> pd.Series:
+    """Per event (aligned to `events.index`): time it waited for the last participant to
+    arrive (latest start of its collective instance or send/recv pair - its own start)."""
+    keys = [c for c in ("run_id", "pg_name", "pg_seq") if c in events]
+    coll = ~events["op"].isin(_P2P)
+    wait = pd.Series(0, index=events.index, dtype="Int64")
+    latest = events[coll].groupby(keys)["t_start_ns"].transform("max")
+    wait[coll] = latest - events.loc[coll, "t_start_ns"]
+    base = [c for c in ("run_id", "pg_name") if c in events]
+    send = events[events["op"] == "send"]
+    recv = events[events["op"] == "recv"]
+    src = pd.concat([send["rank"], recv["peer"]]).astype("Int64")
+    dst = pd.concat([send["peer"], recv["rank"]]).astype("Int64")
+    p2p = pd.concat([send, recv])
+    if len(p2p):
+        pair = pd.DataFrame({**{c: p2p[c] for c in base}, "src": src, "dst": dst,
+                             "pg_seq": p2p["pg_seq"], "t": p2p["t_start_ns"]})
+        pl = pair.groupby(base + ["src", "dst", "pg_seq"])["t"].transform("max")
+        wait[p2p.index] = pl - p2p["t_start_ns"]
+    return wait
 
 
 def match_collectives(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:

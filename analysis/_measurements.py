@@ -32,7 +32,7 @@ def _from_trace(path: str) -> pd.DataFrame:
     m = m[(m["op"] != "barrier") & (m["bytes"] > 0) & (m["ranks_seen"] == m["pg_size"])]
     if m.empty:
         return pd.DataFrame(columns=MEASUREMENT_COLUMNS)
-    meta = ev.drop_duplicates(["pg_name"]).set_index("pg_name")
+    meta = ev.dropna(subset=["dtype"]).drop_duplicates(["pg_name"]).set_index("pg_name")
     m = m.assign(dtype=m["pg_name"].map(meta["dtype"]), library=m["pg_name"].map(meta["backend"]))
     nodes = int(ev["host"].nunique())
     g = m.groupby(["op", "pg_size", "bytes", "dtype", "library"], dropna=False)

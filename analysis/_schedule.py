@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._matching import row_waits
 from ._workload import ModelSpec, ParallelConfig, Workload
 
 __all__ = ["predict_schedule", "compare", "advise", "SCHEDULE_COLUMNS"]
@@ -109,7 +110,7 @@ def predict_schedule(model: ModelSpec, workload: Workload, config: ParallelConfi
     df = pd.DataFrame(out, columns=SCHEDULE_COLUMNS)
     # Same collective from several sources (embedding + layers): one row.
     agg = df.groupby(["phase", "op", "pg_dim", "pg_size", "bytes"], sort=False).agg(
-        count=("count", "sum"), predicted_us=("predicted_us", "sum"),
+        count=("count", "sum"), predicted_us=("predicted_us", lambda s: s.sum(min_count=1)),
         predicted_us_per_call=("predicted_us_per_call", "first"),
         what=("what", lambda s: "; ".join(dict.fromkeys(s))))
     return agg.reset_index()[SCHEDULE_COLUMNS]
@@ -139,21 +140,28 @@ def compare(events: pd.DataFrame, model: ModelSpec, workload: Workload,
     """Predicted vs measured per (phase, op, pg_dim, bytes).
 
     Measured counts and times are per rank (total over ranks / world size), decode ones per
-    decode step (the trace's distinct `step` values in phase `decode`). Columns: phase, op,
-    pg_dim, bytes, predicted_count, measured_count, count_error, predicted_us, measured_us,
-    time_error (relative), status ('matched', 'measured only', 'predicted only').
+    decode step (the trace's distinct `step` values in phase `decode`). measured_us is the time
+    in the calls minus the time spent waiting for the last participant (what the cost model
+    predicts); measured_wait_us is that wait. Columns: phase, op, pg_dim, bytes,
+    predicted_count, measured_count, count_error, predicted_us, measured_us, time_error
+    (relative), measured_wait_us, status ('matched', 'measured only', 'predicted only').
     """
     pred = predict_schedule(model, workload, config, cost_model, **options)
     ev = events[events["phase"].isin(["prefill", "decode"])].copy()
     world = max(int(events["rank"].nunique()), 1)
     steps = ev.loc[ev["phase"] == "decode", "step"].nunique() or 1
-    ev["duration_us"] = (ev["t_end_ns"] - ev["t_start_ns"]).astype("float64") / 1e3
+    # The cost model predicts the transfer itself, so the measured time excludes waiting for
+    # the last participant to arrive (reported separately as measured_wait_us).
+    wait = row_waits(events).loc[ev.index].astype("float64").fillna(0)
+    ev["wait_us"] = wait / 1e3
+    ev["duration_us"] = (ev["t_end_ns"] - ev["t_start_ns"]).astype("float64") / 1e3 - ev["wait_us"]
     ev["pg_dim"] = ev["pg_dim"].fillna("(unlabelled)")
     meas = ev.groupby(["phase", "op", "pg_dim", "bytes"]).agg(
-        measured_count=("op", "size"), measured_us=("duration_us", "sum")).reset_index()
+        measured_count=("op", "size"), measured_us=("duration_us", "sum"),
+        measured_wait_us=("wait_us", "sum")).reset_index()
     norm = np.where(meas["phase"] == "decode", world * steps, world)
-    meas["measured_count"] = meas["measured_count"] / norm
-    meas["measured_us"] = meas["measured_us"] / norm
+    for c in ("measured_count", "measured_us", "measured_wait_us"):
+        meas[c] = meas[c] / norm
     p = pred.rename(columns={"count": "predicted_count"})[
         ["phase", "op", "pg_dim", "bytes", "predicted_count", "predicted_us", "what"]]
     m = p.merge(meas, on=["phase", "op", "pg_dim", "bytes"], how="outer", indicator=True)
@@ -163,7 +171,7 @@ def compare(events: pd.DataFrame, model: ModelSpec, workload: Workload,
     with np.errstate(divide="ignore", invalid="ignore"):
         m["time_error"] = (m["predicted_us"] - m["measured_us"]) / m["measured_us"]
     cols = ["phase", "op", "pg_dim", "bytes", "predicted_count", "measured_count", "count_error",
-            "predicted_us", "measured_us", "time_error", "status", "what"]
+            "predicted_us", "measured_us", "time_error", "measured_wait_us", "status", "what"]
     return m[cols].sort_values(["phase", "status", "op", "bytes"]).reset_index(drop=True)
 
 

@@ -60,7 +60,8 @@ class ModelSpec:
             experts_per_token=int(c.get("num_experts_per_tok") or 0) if experts else 0,
             moe_intermediate_size=int(c.get("moe_intermediate_size") or 0),
             first_dense_layers=int(c.get("first_k_dense_replace") or 0) if experts else 0,
-            dtype_bytes={"float32": 4, "float16": 2, "bfloat16": 2, "float8": 1}.get(dtype, 2))
+            dtype_bytes={"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
+                         "float8": 1}.get(dtype, 2))
 
 
 PRESETS: dict[str, ModelSpec] = {m.name: m for m in (

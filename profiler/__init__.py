@@ -9,6 +9,7 @@ Public API::
     profiler.parse_nccl_tests(paths)     # nccl-tests *_perf output -> measurements
 """
 
+from ._bench import SWEEP_OPS, sweep
 from ._nccl_log import NcclLog, NcclLogError, parse_nccl_logs
 from ._nccl_tests import parse_nccl_tests
 from ._phases import current_phase, label_group, phase
@@ -29,4 +30,6 @@ __all__ = [
     "parse_nccl_tests",
     "NcclLog",
     "NcclLogError",
+    "sweep",
+    "SWEEP_OPS",
 ]

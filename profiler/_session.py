@@ -118,6 +118,17 @@ class TraceSession:
             self._on_init_process_group()
         return self
 
+    def pause(self) -> None:
+        """Stop recording until `resume()`; the hooks stay installed (a paused call costs one
+        check). For tracing a window of a long run, like torch.profiler's schedule."""
+        if self._open and not self._closed and self in RECORDER.sessions:
+            RECORDER.sessions.remove(self)
+
+    def resume(self) -> None:
+        """Record again after `pause()`."""
+        if self._open and not self._closed and self not in RECORDER.sessions:
+            RECORDER.sessions.append(self)
+
     def flush(self, blocking: bool = True, final: bool = False) -> int:
         """Write buffered, completed rows to a new part file; returns the number written."""
         if not self._lock.acquire(blocking):
@@ -173,6 +184,8 @@ class TraceSession:
             except Exception:
                 pass  # exited from another thread or out of order: recording stops anyway
             self._mode = None
+        if self not in RECORDER.sessions:  # paused: detach needs it registered
+            RECORDER.sessions.append(self)
         RECORDER.detach(self)
         if self in _OPEN:
             _OPEN.remove(self)

@@ -200,3 +200,15 @@ def test_run_name_reuse_does_not_clash(tmp_path):
     assert b.run_dir.endswith("same-2")
     both = analysis.load_events(tmp_path)
     assert sorted(both["run_id"].unique()) == ["same", "same-2"]
+
+
+def test_pause_and_resume(tmp_path):
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(1))
+        s.pause()
+        dist.all_reduce(torch.ones(2))
+        s.resume()
+        dist.all_reduce(torch.ones(3))
+        s.pause()
+    assert _events(s)["count"].tolist() == [1, 3]
+    assert not RECORDER.installed

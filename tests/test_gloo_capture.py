@@ -71,7 +71,8 @@ def test_every_op_recorded_once_with_exact_fields(tmp_path, world):
     assert meta["rank"] == 1 and meta["world_size"] == world
     assert meta["events_written"] == len(workers.expected_rows(1, world, 2 if world == 4 else None))
     assert meta["gpus"]["available"] is False and meta["gpus"]["reason"]
-    assert meta["clock_sync"] == "barrier x5" and isinstance(meta["clock_offset_ns"], int)
+    # Same host as rank 0: one wall clock, offset 0 (the barrier estimate is kept as spread).
+    assert meta["clock_sync"] == "same host as rank 0" and meta["clock_offset_ns"] == 0
     assert meta["versions"]["torch"].startswith("2.")
 
 
