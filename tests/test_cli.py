@@ -77,3 +77,21 @@ def test_nccl_commands_errors_are_clear(tmp_path):
     assert r.returncode == 1 and "NCCL log not found" in r.stderr
     r = _commscope("summary", str(tmp_path))
     assert r.returncode == 1 and "no commscope trace files" in r.stderr
+
+
+def test_run_traces_huggingface_tensor_parallel_unmodified(tmp_path):
+    """transformers' own TP plan (DTensor + plain all_reduce) under commscope run."""
+    import pytest
+
+    pytest.importorskip("transformers", reason="optional: pip install -e '.[hf]'")
+    r = _commscope("run", "--out", str(tmp_path), "--run-name", "hf", "--",
+                   sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                   os.path.join(EXAMPLES, "hf_tp.py"), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = analysis.load_events(tmp_path / "hf")
+    for rank in (0, 1):
+        ar = df[(df["rank"] == rank) & (df["op"] == "all_reduce")]
+        # 4 forwards (prompt + 3 decode steps) x (2 layers x 2 row-parallel + embedding):
+        # 5 of the 8-token prompt (8 x 64 x 4 B), 15 of one token.
+        assert ar["bytes"].value_counts().to_dict() == {256: 15, 2048: 5}
+        assert set(ar["pg_dim"]) == {"tp"}  # labelled from transformers' DeviceMesh
