@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass
 
 __all__ = ["ModelSpec", "Workload", "ParallelConfig", "TP2D", "PRESETS"]
 
@@ -126,7 +125,6 @@ class ParallelConfig:
     ep: int = 1
     sequence_parallel: bool = False
     tp2d: TP2D | None = None
-    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def tp_size(self) -> int:
@@ -149,11 +147,3 @@ class ParallelConfig:
         if self.dp > 1:
             parts.append(f"DP={self.dp}")
         return " x ".join(parts) or "single device"
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("extra", None)
-        return d
-
-    def with_(self, **kw: Any) -> ParallelConfig:
-        return replace(self, **kw)

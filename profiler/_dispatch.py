@@ -31,14 +31,6 @@ def _nested_numel(x) -> int:
     return sum(_nested_numel(i) for i in x) if isinstance(x, (list, tuple)) else x.numel()
 
 
-def _flat_first(x):
-    while isinstance(x, (list, tuple)):
-        if not x:
-            return None
-        x = x[0]
-    return x
-
-
 # op name -> (commscope op, extractor(args) -> CallInfo). Group-relative roots/peers go in
 # CallInfo.group_peer and are mapped to global ranks by the recorder.
 def _c10d_table() -> dict[str, tuple[str, Callable[[tuple], CallInfo]]]:
