@@ -232,22 +232,24 @@ class TraceSession:
         return self._ident
 
     def _write(self, rows: list, sync: bool) -> None:
-        ident = self._identity()
-        table = rows_to_table(rows, ident, RECORDER.groups.infos)
-        name = f"part-{ident.pid}-{self.parts:05d}.parquet"
+        ident = self._identity()  # on the caller's thread: it may agree with the other ranks
+        # Snapshots: the writer thread must not see groups or labels change under it.
+        job = (rows, ident, dict(RECORDER.groups.infos), self.rank_dir,
+               f"part-{ident.pid}-{self.parts:05d}.parquet")
         fut = None
         if not sync:
-            # Parquet encoding releases the GIL: a writer thread overlaps it with the program.
+            # Building and encoding the part on a writer thread keeps a flush from stalling the
+            # traced call for tens of milliseconds; Parquet encoding also runs without the GIL.
             try:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(1, thread_name_prefix="commscope-writer")
-                fut = self._executor.submit(write_part, table, self.rank_dir, name)
+                fut = self._executor.submit(_build_and_write, *job)
             except RuntimeError:  # interpreter shutting down: no new threads
                 fut = None
         if fut is None:
             fut = Future()
             try:
-                fut.set_result(write_part(table, self.rank_dir, name))
+                fut.set_result(_build_and_write(*job))
             except Exception as exc:
                 fut.set_exception(exc)
         self._pending_writes.append(fut)
@@ -300,6 +302,11 @@ class TraceSession:
         with open(tmp, "w") as fh:
             json.dump(meta, fh, indent=1, default=str)
         os.replace(tmp, path)
+
+
+def _build_and_write(rows: list, ident: Identity, groups: dict, directory: str,
+                     name: str) -> str:
+    return write_part(rows_to_table(rows, ident, groups), directory, name)
 
 
 def trace(out_dir: str | os.PathLike, *, run_name: str | None = None,
