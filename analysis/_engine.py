@@ -18,7 +18,8 @@ import pandas as pd
 
 from ._load import _check_file, find_part_files, load_metadata
 
-__all__ = ["connect", "events_view", "match_collectives_sql", "summarize_sql", "stragglers_sql"]
+__all__ = ["connect", "events_view", "match_collectives_sql", "summarize_sql", "stragglers_sql",
+           "overlap_sql", "mismatch_candidates_sql"]
 
 # The bus-bandwidth factor in SQL, same definitions as _bandwidth.bus_factor.
 _BUS_FACTOR = """CASE
@@ -165,3 +166,42 @@ def summarize_sql(path: Any, progress: bool | None = None) -> pd.DataFrame:
     out = _query(path, sql, progress)
     out.insert(4, "size_bucket", [_bucket_label(v) for v in out["bucket_bytes"]])
     return out.drop(columns="bucket_bytes")
+
+
+def overlap_sql(path: Any, progress: bool | None = None) -> pd.DataFrame:
+    """`overlap` over a trace path, computed by DuckDB."""
+    sql = """
+    WITH a AS (
+      SELECT coalesce(phase, '(none)') AS phase, op, t_wait_ns IS NOT NULL AS waited,
+             CASE WHEN t_wait_ns IS NOT NULL THEN t_end_ns - t_start_ns END AS total_ns,
+             greatest(t_wait_ns - t_return_ns, 0) AS window_ns,
+             greatest(t_end_ns - t_wait_ns, 0) AS exposed_ns
+      FROM events WHERE async_op)
+    SELECT phase, op, count(*) AS count, sum(waited::INTEGER) AS waited,
+           coalesce(sum(total_ns), 0)::BIGINT AS total_ns,
+           coalesce(sum(window_ns), 0)::BIGINT AS window_ns,
+           coalesce(sum(exposed_ns), 0)::BIGINT AS exposed_ns
+    FROM a GROUP BY phase, op ORDER BY phase, op"""
+    out = _query(path, sql, progress)
+    out["hidden_ns"] = (out["total_ns"] - out["exposed_ns"]).clip(lower=0)
+    out["hidden_fraction"] = (out["hidden_ns"] / out["total_ns"]).where(out["total_ns"] > 0)
+    return out
+
+
+def mismatch_candidates_sql(path: Any, progress: bool | None = None) -> pd.DataFrame:
+    """The rows of the first suspicious collective instance per group (fewer callers than
+    members, or several op/bytes/dtype signatures), for `find_mismatches` to explain."""
+    sql = """
+    WITH c AS (SELECT * FROM events WHERE op NOT IN ('send', 'recv')),
+    inst AS (
+      SELECT run_id, pg_name, pg_seq, count(DISTINCT rank) AS n,
+             count(DISTINCT op || ' ' || coalesce(bytes::VARCHAR, '') || ' ' ||
+                   coalesce(dtype, '')) AS sigs,
+             max(len(pg_ranks)) AS members
+      FROM c GROUP BY ALL),
+    first_bad AS (
+      SELECT run_id, pg_name, min(pg_seq) AS pg_seq FROM inst
+      WHERE n < members OR sigs > 1 GROUP BY ALL)
+    SELECT c.run_id, c.pg_name, c.pg_seq, c.rank, c.op, c.bytes, c.dtype, c.pg_ranks
+    FROM c JOIN first_bad USING (run_id, pg_name, pg_seq)"""
+    return _query(path, sql, progress)

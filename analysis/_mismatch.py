@@ -7,6 +7,8 @@ call at all while others do, is reported with the ranks involved and expected vs
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
 __all__ = ["find_mismatches"]
@@ -19,13 +21,18 @@ def _sig(row: pd.Series) -> str:
     return f"{row['op']} {row['bytes']} B {row['dtype']}"
 
 
-def find_mismatches(events: pd.DataFrame) -> pd.DataFrame:
+def find_mismatches(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """First disagreement per process group (collectives only; p2p is per pair).
 
     kind: 'missing' (ranks that never issued the call at pg_seq: hung or exited), 'op', 'bytes'
     or 'dtype'. `ranks` lists the odd ones out, `expected` the majority's call, `observed`
-    theirs, `pg_ranks` the group's members.
+    theirs, `pg_ranks` the group's members. `events` may be a trace path: DuckDB then screens
+    every instance out of core and only the first suspicious one per group is loaded.
     """
+    if isinstance(events, (str, os.PathLike)):
+        from ._engine import mismatch_candidates_sql
+
+        events = mismatch_candidates_sql(events)
     ev = events[~events["op"].isin(["send", "recv"])]
     out = []
     by = [c for c in ("run_id", "pg_name") if c in ev]

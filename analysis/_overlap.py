@@ -8,16 +8,22 @@ Calls never waited on (`completion == 'unobserved'`) are counted but not timed.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
 __all__ = ["overlap"]
 
 
-def overlap(events: pd.DataFrame) -> pd.DataFrame:
+def overlap(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """Per (phase, op) over async calls: count, waited, total_ns (issue to completion),
     window_ns (issue returned to wait began), exposed_ns (blocked in wait), hidden_ns,
-    hidden_fraction."""
+    hidden_fraction. `events` may be a trace path (DuckDB, out of core)."""
+    if isinstance(events, (str, os.PathLike)):
+        from ._engine import overlap_sql
+
+        return overlap_sql(events)
     ev = events[events["async_op"].fillna(False).astype(bool)].copy()
     cols = ["phase", "op", "count", "waited", "total_ns", "window_ns", "exposed_ns", "hidden_ns",
             "hidden_fraction"]

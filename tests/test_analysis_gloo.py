@@ -82,3 +82,16 @@ def test_duckdb_engine_equals_pandas(tmp_path):
     for c in ("calls", "bytes_total", "total_time_us", "p50_us", "p90_us", "p99_us",
               "share_of_wall"):
         assert (ua[c] - ub.loc[ua.index, c]).abs().max() < 1e-6, c
+
+
+def test_duckdb_overlap_and_mismatches_equal_pandas(tmp_path):
+    run_ranks(workers.overlap_worker, 2, str(tmp_path))
+    path = tmp_path / "overlap"
+    a = analysis.overlap(analysis.load_events(path))
+    b = analysis.overlap(str(path))
+    for c in ("count", "waited", "total_ns", "window_ns", "exposed_ns", "hidden_ns"):
+        assert a[c].tolist() == b[c].tolist(), c
+    run_ranks(workers.mismatch_worker, 2, str(tmp_path), timeout_s=3, expect_failure=True)
+    mm = analysis.find_mismatches(str(tmp_path / "mismatch"))
+    row = mm.iloc[0]
+    assert (row["pg_seq"], row["kind"], row["ranks"]) == (2, "missing", [1])
