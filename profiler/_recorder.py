@@ -69,6 +69,7 @@ _BATCH_RECV = _register_api("batch_isend_irecv", P2P_RECV)
 class Recorder:
     def __init__(self) -> None:
         self.sessions: list[Any] = []
+        self.paused: list[Any] = []  # open sessions not recording: they keep the hooks installed
         # Threads inside a recorded call (thread ident -> True): inner calls torch makes are not
         # recorded again. A dict keyed by get_ident() is cheaper than threading.local here.
         self.busy: dict[int, bool] = {}
@@ -86,7 +87,7 @@ class Recorder:
     # -- lifecycle ---------------------------------------------------------------------------
     def attach(self, session: Any) -> None:
         with self._lock:
-            if not self.sessions:
+            if not self.sessions and not self.paused:
                 self._reset_counters()
                 self._install()
             self.sessions.append(session)
@@ -94,12 +95,25 @@ class Recorder:
 
     def detach(self, session: Any) -> None:
         with self._lock:
-            if session in self.sessions:
-                self.sessions.remove(session)
-            if not self.sessions:
+            for lst in (self.sessions, self.paused):
+                if session in lst:
+                    lst.remove(session)
+            if not self.sessions and not self.paused:
                 self._uninstall()
                 self._complete_all_unobserved()
             self.cuda_timing = any(s.cuda_timing for s in self.sessions) and _cuda_available()
+
+    def pause(self, session: Any) -> None:
+        with self._lock:
+            if session in self.sessions:
+                self.sessions.remove(session)
+                self.paused.append(session)
+
+    def resume(self, session: Any) -> None:
+        with self._lock:
+            if session in self.paused:
+                self.paused.remove(session)
+                self.sessions.append(session)
 
     def _reset_counters(self) -> None:
         self.seq = itertools.count()

@@ -121,13 +121,13 @@ class TraceSession:
     def pause(self) -> None:
         """Stop recording until `resume()`; the hooks stay installed (a paused call costs one
         check). For tracing a window of a long run, like torch.profiler's schedule."""
-        if self._open and not self._closed and self in RECORDER.sessions:
-            RECORDER.sessions.remove(self)
+        if self._open and not self._closed:
+            RECORDER.pause(self)
 
     def resume(self) -> None:
         """Record again after `pause()`."""
-        if self._open and not self._closed and self not in RECORDER.sessions:
-            RECORDER.sessions.append(self)
+        if self._open and not self._closed:
+            RECORDER.resume(self)
 
     def flush(self, blocking: bool = True, final: bool = False) -> int:
         """Write buffered, completed rows to a new part file; returns the number written."""
@@ -184,8 +184,6 @@ class TraceSession:
             except Exception:
                 pass  # exited from another thread or out of order: recording stops anyway
             self._mode = None
-        if self not in RECORDER.sessions:  # paused: detach needs it registered
-            RECORDER.sessions.append(self)
         RECORDER.detach(self)
         if self in _OPEN:
             _OPEN.remove(self)

@@ -212,3 +212,17 @@ def test_pause_and_resume(tmp_path):
         s.pause()
     assert _events(s)["count"].tolist() == [1, 3]
     assert not RECORDER.installed
+
+
+def test_session_opened_while_another_is_paused(tmp_path):
+    orig = dist.all_reduce
+    with profiler.trace(tmp_path / "a") as a:
+        a.pause()
+        with profiler.trace(tmp_path / "b") as b:
+            dist.all_reduce(torch.ones(1))
+        assert dist.all_reduce is not orig  # a is still open: hooks stay
+        a.resume()
+        dist.all_reduce(torch.ones(2))
+    assert dist.all_reduce is orig
+    assert _events(b)["count"].tolist() == [1]
+    assert _events(a)["count"].tolist() == [2]
