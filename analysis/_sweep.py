@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from profiler._ops import GATHER_LIKE
+
 from ._bandwidth import _gbps, bus_factor
 from ._matching import match_collectives
 
 __all__ = ["sweep_table"]
-
-_ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "int32": 4,
-         "int64": 8, "uint8": 1}
 
 
 def sweep_table(events: pd.DataFrame) -> pd.DataFrame:
@@ -23,12 +22,16 @@ def sweep_table(events: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["op", "pg_size", "bytes", "count", "dtype", "time_us",
                                      "transfer_us", "algbw_GBps", "busbw_GBps", "iterations"])
     ev = ev.assign(dur=(ev["t_end_ns"] - ev["t_start_ns"]).astype("float64"))
+    # Element size from the trace itself: bytes = count x elem (x pg_size for gathers).
+    mult = ev["pg_size"].where(ev["op"].isin(GATHER_LIKE), 1)
+    ev = ev.assign(elem=ev["bytes"] // (ev["count"] * mult).where(ev["count"] > 0, 1))
     t = ev.groupby(["op", "pg_size", "bytes", "dtype"]).agg(
-        time_ns=("dur", "median"), calls=("dur", "size"), ranks=("rank", "nunique")).reset_index()
+        time_ns=("dur", "median"), calls=("dur", "size"), ranks=("rank", "nunique"),
+        elem=("elem", "first")).reset_index()
     m = match_collectives(ev)
     tr = m.groupby(["op", "bytes"])["transfer_ns"].median().rename("transfer_ns")
     t = t.join(tr, on=["op", "bytes"])
-    t["count"] = (t["bytes"] // t["dtype"].map(_ELEM).fillna(1).astype(int)).astype("int64")
+    t["count"] = (t["bytes"] // t["elem"].clip(lower=1)).astype("int64")
     t["time_us"] = t["time_ns"] / 1e3
     t["transfer_us"] = t["transfer_ns"].astype("float64") / 1e3
     t["algbw_GBps"] = _gbps(t["bytes"], t["time_ns"])

@@ -14,7 +14,6 @@ __all__ = ["CallInfo", "ApiSpec", "DIST_APIS", "FUNCOL_APIS", "GATHER_LIKE", "P2
 
 # Extractors return plain tuples in CallInfo's field order: building a NamedTuple costs ~0.3 us,
 # a tuple literal ~0.03 us, and this runs on every call.
-I_DTYPE, I_COUNT, I_IN, I_OUT, I_GROUP, I_PEER, I_ROOT, I_ASYNC, I_TENSOR, I_GPEER = range(10)
 
 
 class CallInfo(NamedTuple):

@@ -78,6 +78,7 @@ class Recorder:
         self.counters: dict[Any, itertools.count] = {}
         self.pending: dict[int, tuple[Any, list]] = {}      # id(Work) -> (work, rows)
         self.pending_tensors: dict[int, tuple[Any, list]] = {}  # id(tensor) -> (tensor, rows)
+        self.sibling_keys: dict[int, list[int]] = {}  # id(rows) -> pending_tensors keys
         self.cuda_timing = False
         self.rank: int | None = None
         self._patches: list[tuple[Any, str, Any]] = []
@@ -145,6 +146,13 @@ class Recorder:
         self._patches.append((owner, attr, getattr(owner, attr)))
         setattr(owner, attr, new)
 
+    def _patch_where_bound(self, owners: tuple, attr: str, orig: Any, new: Any) -> None:
+        """Replace `orig` in every module that binds it under `attr` (torch.distributed
+        re-exports distributed_c10d's functions)."""
+        for owner in owners:
+            if getattr(owner, attr, None) is orig:
+                self._patch(owner, attr, new)
+
     def _install(self) -> None:
         import torch.distributed as dist
         from torch.distributed import distributed_c10d as c10d
@@ -156,21 +164,14 @@ class Recorder:
                 continue
             # Point-to-point and rooted ops carry peer/root: they take the general path.
             simple = spec.op not in (P2P_SEND, P2P_RECV, "broadcast", "reduce", "gather", "scatter")
-            wrapper = self._make_wrapper(_register_api(spec.name, spec.op), spec, orig, simple)
-            for owner in owners:
-                if getattr(owner, spec.attr, None) is orig:
-                    self._patch(owner, spec.attr, wrapper)
-        orig_batch = c10d.batch_isend_irecv
-        batch = self._make_batch_wrapper(orig_batch)
-        for owner in owners:
-            if getattr(owner, "batch_isend_irecv", None) is orig_batch:
-                self._patch(owner, "batch_isend_irecv", batch)
+            self._patch_where_bound(owners, spec.attr, orig, self._make_wrapper(
+                _register_api(spec.name, spec.op), spec, orig, simple))
+        orig = c10d.batch_isend_irecv
+        self._patch_where_bound(owners, "batch_isend_irecv", orig,
+                                self._make_batch_wrapper(orig))
         for attr in ("init_process_group", "destroy_process_group"):
             orig = getattr(c10d, attr)
-            wrapped = self._make_lifecycle_wrapper(orig, attr)
-            for owner in owners:
-                if getattr(owner, attr, None) is orig:
-                    self._patch(owner, attr, wrapped)
+            self._patch_where_bound(owners, attr, orig, self._make_lifecycle_wrapper(orig, attr))
         try:
             from torch.distributed import _functional_collectives as funcol
         except Exception:  # torch without functional collectives
@@ -198,6 +199,8 @@ class Recorder:
     def _make_wrapper(self, api_idx: int, spec: ApiSpec, orig: Any, simple: bool) -> Any:
         """Wrap one API. `simple`: an unrooted collective whose group argument is hashable,
         eligible for the inlined fast path when it runs blocking on CPU tensors."""
+        # `info` below is a tuple in CallInfo's field order (see _ops): 0 dtype, 1-3 counts,
+        # 4 group, 5 peer, 6 root, 7 async_op, 8 tensor, 9 group-relative peer/root.
         extract = spec.extract
         busy = self.busy
         record = self.record
@@ -288,12 +291,12 @@ class Recorder:
         def lifecycle(*args, **kwargs):
             if attr == "destroy_process_group":
                 # Flush while group info can still be resolved and before the store goes away.
-                for s in list(rec.sessions):
+                for s in rec.sessions + rec.paused:
                     s.flush()
             res = orig(*args, **kwargs)
             rec.on_process_group_change()
             if attr == "init_process_group":
-                for s in list(rec.sessions):
+                for s in rec.sessions + rec.paused:
                     s._on_init_process_group()
             return res
 
@@ -309,11 +312,7 @@ class Recorder:
             if ent is None:
                 return orig(tensor)
             rows = ent[1]
-            tw = time_ns()
-            for row in rows:
-                x = row[R.X]
-                if x[X.TWAIT] is None:
-                    x[X.TWAIT] = tw
+            _mark_wait(rows)
             try:
                 out = orig(tensor)
             except BaseException as exc:
@@ -335,11 +334,7 @@ class Recorder:
             if ent is None:
                 return orig_wait(self, *args, **kwargs)
             rows = ent[1]
-            tw = time_ns()
-            for row in rows:
-                x = row[R.X]
-                if x[X.TWAIT] is None:
-                    x[X.TWAIT] = tw
+            _mark_wait(rows)
             try:
                 out = orig_wait(self, *args, **kwargs)
             except BaseException as exc:
@@ -461,20 +456,16 @@ class Recorder:
         if isinstance(res, DispatchHandle):
             if res.ns == "_c10d_functional":  # output tensors, completed by wait_tensor
                 outs = res.obj if isinstance(res.obj, list) else [res.obj]
-                for t in outs:
-                    if isinstance(t, Tensor):
-                        self.pending_tensors[id(t)] = (t, rows)
+                self._pend_tensors([t for t in outs if isinstance(t, Tensor)], rows)
                 return
             res = res.obj
         if isinstance(res, (Tensor, list, tuple)):
             tensors = res if isinstance(res, (list, tuple)) else (res,)
-            waited = True
-            for t in tensors:
-                elem = getattr(t, "elem", None)  # AsyncCollectiveTensor
-                if isinstance(elem, Tensor):
-                    self.pending_tensors[id(elem)] = (elem, rows)
-                    waited = False
-            if waited:  # plain tensors: the functional collective already waited
+            elems = [e for e in (getattr(t, "elem", None) for t in tensors)  # AsyncCollectiveTensor
+                     if isinstance(e, Tensor)]
+            if elems:
+                self._pend_tensors(elems, rows)
+            else:  # plain tensors: the functional collective already waited
                 self._complete(rows, "return", None)
             return
         typ = type(res)
@@ -485,6 +476,14 @@ class Recorder:
                 self._complete(rows, "unobserved", None)
                 return
         self.pending[id(res)] = (res, rows)
+
+    def _pend_tensors(self, tensors: list, rows: list) -> None:
+        """Rows complete at the first wait_tensor on any of `tensors` (one coalesced work)."""
+        keys = [id(t) for t in tensors]
+        for k, t in zip(keys, tensors):
+            self.pending_tensors[k] = (t, rows)
+        if len(keys) > 1:  # the siblings are dropped when one of them completes
+            self.sibling_keys[id(rows)] = keys
 
     def _complete(self, rows: list, how: str, exc: BaseException | None) -> None:
         t = time_ns()
@@ -498,9 +497,8 @@ class Recorder:
                 if exc is not None and x[X.ERROR] is None:
                     x[X.ERROR] = _format_exc(exc)
         # Tensors of a coalesced functional call share rows: drop the siblings too.
-        if how == "wait_tensor" and self.pending_tensors:
-            for key in [k for k, v in self.pending_tensors.items() if v[1] is rows]:
-                del self.pending_tensors[key]
+        for key in self.sibling_keys.pop(id(rows), ()):
+            self.pending_tensors.pop(key, None)
 
     def _end_event(self, row: list) -> None:
         import torch
@@ -517,6 +515,7 @@ class Recorder:
                     row[R.X][X.COMPLETION] = "unobserved"
         self.pending.clear()
         self.pending_tensors.clear()
+        self.sibling_keys.clear()
 
     def _emit(self, row: list) -> None:
         for s in self.sessions:
@@ -524,6 +523,15 @@ class Recorder:
             buf.append(row)
             if len(buf) >= s.flush_events or row[R.TRET] >= s._flush_deadline_ns:
                 s.flush(blocking=False)
+
+
+def _mark_wait(rows: list) -> None:
+    """Record when waiting on these async rows began (the first wait only)."""
+    tw = time_ns()
+    for row in rows:
+        x = row[R.X]
+        if x[X.TWAIT] is None:
+            x[X.TWAIT] = tw
 
 
 def _p2p_op_info(p: Any) -> tuple[bool, tuple]:

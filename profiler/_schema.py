@@ -39,7 +39,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("world_size", pa.int32(), "", "Size of the default process group (1 without torch.distributed)."),
     Column("host", pa.string(), "", "Host name of the recording process."),
     Column("pid", pa.int32(), "", "Process id of the recording process."),
-    Column("tid", pa.int64(), "", "Native id of the thread that issued the call."),
+    Column("tid", pa.int64(), "", "Python thread identifier (threading.get_ident) of the thread that issued the call; the kernel's native id costs a system call per call here."),
     Column("seq", pa.int64(), "", "Per-rank call index, 0-based, in issue order across all groups."),
     Column("pg_name", pa.string(), "", "Process group name as torch.distributed knows it (`group.group_name`; '0' is the default group)."),
     Column("pg_dim", pa.string(), "", "Parallel dimension of the group from `profiler.label_group` ('tp', 'pp', 'dp', 'ep', ...); 'world' for the default group; null if unlabelled."),

@@ -231,7 +231,7 @@ class TraceSession:
 
     def _write(self, rows: list, sync: bool) -> None:
         ident = self._identity()  # on the caller's thread: it may agree with the other ranks
-        # Snapshots: the writer thread must not see groups or labels change under it.
+        # Group infos as of this flush (the registry keeps growing while the writer works).
         job = (rows, ident, dict(RECORDER.groups.infos), self.rank_dir,
                f"part-{ident.pid}-{self.parts:05d}.parquet")
         fut = None

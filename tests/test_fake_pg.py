@@ -226,3 +226,17 @@ def test_session_opened_while_another_is_paused(tmp_path):
     assert dist.all_reduce is orig
     assert _events(b)["count"].tolist() == [1]
     assert _events(a)["count"].tolist() == [2]
+
+
+def test_coalesced_functional_collective_completes_once(tmp_path):
+    from torch.distributed import _functional_collectives as funcol
+
+    with profiler.trace(tmp_path) as s:
+        outs = funcol.all_reduce_coalesced([torch.ones(3), torch.ones(5)], "sum",
+                                           dist.group.WORLD)
+        outs[0].wait()
+        assert RECORDER.pending_tensors == {}  # the sibling was dropped with the first wait
+        outs[1].wait()
+    df = _events(s)
+    assert df["api"].tolist() == ["funcol.all_reduce_coalesced"]
+    assert df["count"].tolist() == [8] and df["completion"].tolist() == ["wait_tensor"]
