@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from profiler._schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from ..profiler._schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
 
 __all__ = ["load_events", "load_metadata", "find_part_files", "TraceFormatError"]
 

@@ -98,7 +98,7 @@ def load_measurements(paths: Iterable[str | os.PathLike] | str | os.PathLike) ->
         elif p.endswith(".parquet"):
             frames.append(_from_table(pd.read_parquet(p), p))
         else:
-            from profiler import parse_nccl_tests
+            from ..profiler import parse_nccl_tests
 
             df = parse_nccl_tests(p)
             if df.empty:

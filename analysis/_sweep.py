@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from profiler._ops import GATHER_LIKE
-
+from ..profiler._ops import GATHER_LIKE
 from ._bandwidth import _gbps, bus_factor
 from ._matching import match_collectives
 

@@ -15,16 +15,13 @@ import argparse
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import duckdb
 
-import duckdb  # noqa: E402
-
-import analysis  # noqa: E402
-from profiler._schema import SCHEMA_VERSION  # noqa: E402
+from commscope import analysis
+from commscope.profiler._schema import SCHEMA_VERSION
 
 RANKS_PER_FILE = 25
 

@@ -13,13 +13,10 @@ import os
 import random
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from profiler import parse_nccl_logs  # noqa: E402
+from commscope.profiler import parse_nccl_logs
 
 
 def generate(path: str, n_lines: int, seed: int = 0) -> None:

@@ -20,16 +20,13 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.distributed as dist
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-import profiler  # noqa: E402
+from commscope import profiler
 
 
 def _block(n: int, t: torch.Tensor, fn=None) -> float:
@@ -97,10 +94,10 @@ def wrapper_floor(calls: int) -> float:
 
 
 def write_rate(n: int, out: str) -> float:
-    from profiler._groups import GroupInfo
-    from profiler._phases import PhaseFrame
-    from profiler._recorder import _register_api
-    from profiler._writer import Identity, rows_to_table, write_part
+    from commscope.profiler._groups import GroupInfo
+    from commscope.profiler._phases import PhaseFrame
+    from commscope.profiler._recorder import _register_api
+    from commscope.profiler._writer import Identity, rows_to_table, write_part
 
     api = _register_api("all_reduce", "all_reduce")
     frame = PhaseFrame("decode", "decode", 3)

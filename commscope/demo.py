@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 import warnings
 
 __all__ = ["run_demo"]
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ((2, 1), (1, 2), (2, 2))  # (tp, pp)
 BATCH, PROMPT, OUTPUT = 2, 16, 8
 
@@ -28,12 +26,8 @@ def run_demo(out: str = "demo_out") -> int:
     """Run the demo into `out` and print where everything is and the headline numbers."""
     import pandas as pd
 
-    import analysis
-    import dashboards
-    import profiler
-
-    sys.path.insert(0, os.path.join(_ROOT, "examples"))
-    import llama
+    from commscope import analysis, dashboards, profiler
+    from commscope.models import llama
 
     warnings.simplefilter("ignore", FutureWarning)
     step = _Progress(5)

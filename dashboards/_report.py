@@ -11,8 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-import analysis
-
+from .. import analysis
 from ._html import Page, esc, table_html
 
 __all__ = ["write_report", "MAX_TIMELINE_EVENTS", "MAX_HEATMAP_COLUMNS"]
@@ -265,7 +264,7 @@ def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any =
         s.append(table_html(analysis.find_mismatches(ev)))
     log = None
     if nccl_logs:
-        from profiler import parse_nccl_logs
+        from ..profiler import parse_nccl_logs
 
         log = parse_nccl_logs(_as_list(nccl_logs))
         s.append("<p class='note'>NCCL WARN lines</p>")

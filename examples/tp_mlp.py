@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import profiler
+from commscope import profiler
 
 
 def _free_port() -> int:

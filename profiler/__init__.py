@@ -7,9 +7,16 @@ Public API::
     profiler.label_group(group, dim)
     profiler.parse_nccl_logs(paths)      # NCCL_DEBUG=INFO logs -> tables
     profiler.parse_nccl_tests(paths)     # nccl-tests *_perf output -> measurements
+    profiler.sweep(out_dir, ...)         # nccl-tests-like sweep, traced (spawns ranks)
+
+Importing this package does not import torch: the hooks import it when a session opens, and
+`sweep` (which runs torch code) is loaded on first use.
 """
 
-from ._bench import SWEEP_OPS, sweep
+from __future__ import annotations
+
+from typing import Any
+
 from ._nccl_log import NcclLog, NcclLogError, parse_nccl_logs
 from ._nccl_tests import parse_nccl_tests
 from ._phases import current_phase, label_group, phase
@@ -33,3 +40,11 @@ __all__ = [
     "sweep",
     "SWEEP_OPS",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("sweep", "SWEEP_OPS"):
+        from . import _bench
+
+        return getattr(_bench, name)
+    raise AttributeError(f"module 'commscope.profiler' has no attribute {name!r}")

@@ -17,7 +17,7 @@ _ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 def versions() -> dict[str, Any]:
     """Python, torch, commscope, and CUDA/NCCL versions where present."""
-    from commscope import __version__
+    from .._version import __version__
 
     out: dict[str, Any] = {"python": platform.python_version(), "commscope": __version__,
                            "platform": platform.platform()}

@@ -1,7 +1,7 @@
 """The commscope trace schema: one row per communication call per rank.
 
 This module is the single source of truth for the columns of a trace; `docs/schema.md` is
-generated from it (`python -m profiler._schema > docs/schema.md`) and a test keeps both in step.
+generated from it (`python -m commscope.profiler._schema > docs/schema.md`) and a test keeps both in step.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ __all__ = ["SCHEMA_VERSION", "COLUMNS", "Column", "arrow_schema", "schema_markdo
            "SCHEMA_VERSION_KEY", "RUN_ID_KEY", "RANK_KEY"]
 
 #: Bump the minor number for added columns, the major one for changed meaning or removed columns.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 #: Parquet key-value metadata keys written into every part file.
 SCHEMA_VERSION_KEY = b"commscope.schema_version"
@@ -63,7 +63,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("t_return_ns", pa.int64(), "ns, epoch", "Wall clock when the call itself returned (for async calls: end of issue)."),
     Column("t_wait_ns", pa.int64(), "ns, epoch", "Async calls: wall clock when wait() was first entered; null for blocking calls or when never waited. t_end_ns - t_wait_ns is the time blocked in wait (exposed)."),
     Column("completion", pa.string(), "", "How t_end_ns was observed: 'return' (blocking call), 'wait', 'is_completed', 'wait_tensor' (functional collectives), 'unobserved' (async handle never waited on before the trace ended)."),
-    Column("gpu_duration_ns", pa.int64(), "ns", "CUDA-event time between events recorded on the current stream before the call and after its completion (after wait() for async calls); null without CUDA tensors or with cuda_timing=False."),
+    Column("gpu_duration_ns", pa.int64(), "ns", "Device time of the call: CUDA-event time between events recorded on the current stream before the call and after its completion (after wait() for async calls), or the communication kernel's duration in an imported GPU trace; null without device timing (CPU tensors, cuda_timing=False)."),
+    Column("gpu_start_ns", pa.int64(), "ns, epoch", "Device start of the call on the same clock as t_start_ns (CUDA event or kernel start mapped to this rank's wall clock); null without device timing. Analyses use device times wherever a row has them."),
+    Column("gpu_end_ns", pa.int64(), "ns, epoch", "Device end of the call, same clock as gpu_start_ns; null without device timing."),
+    Column("gpu_hidden_ns", pa.int64(), "ns", "Part of the call's device time during which compute kernels ran on other streams of the same device (hidden communication; exposed = gpu_duration_ns - gpu_hidden_ns); null where compute kernels are not known (hooks), set by the Kineto importer."),
+    Column("source", pa.string(), "", "Where the row came from: 'hooks' (recorded live), 'engine' (an inference engine's communicator), 'kineto' (torch.profiler trace), 'flight_recorder', 'nccl_inspector' (imported)."),
+    Column("cuda_graph", pa.string(), "", "Null for eager calls; 'capture' for a call recorded while a CUDA graph was being captured (the graph's template, not executed then), 'replay' for a row emitted when the graph was replayed."),
     Column("phase", pa.string(), "", "Innermost `profiler.phase` name active when the call was issued; null outside any phase."),
     Column("phase_path", pa.string(), "", "All active phase names, outermost first, joined by '/'."),
     Column("step", pa.int64(), "", "Step of the innermost phase that has one; null if none."),
@@ -85,7 +90,7 @@ def schema_markdown() -> str:
         "# Trace schema",
         "",
         f"Schema version **{SCHEMA_VERSION}** (stored in every Parquet part file under the key "
-        f"`{SCHEMA_VERSION_KEY.decode()}`). Generated from `profiler/_schema.py`; do not edit by hand.",
+        f"`{SCHEMA_VERSION_KEY.decode()}`). Generated from `profiler/_schema.py` (`commscope.profiler._schema`); do not edit by hand.",
         "",
         "One row per communication call per rank. A run is a folder `<out_dir>/<run_id>/` holding one",
         "folder per rank, `rank_<NNNNN>/`, with Parquet part files `part-<pid>-<NNNNN>.parquet` and",

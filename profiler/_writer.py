@@ -170,6 +170,11 @@ def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> 
         "t_wait_ns": extra["t_wait_ns"],
         "completion": extra["completion"],
         "gpu_duration_ns": extra["gpu_duration_ns"],
+        "gpu_start_ns": pa.nulls(n, pa.int64()),
+        "gpu_end_ns": pa.nulls(n, pa.int64()),
+        "gpu_hidden_ns": pa.nulls(n, pa.int64()),
+        "source": _const("hooks", n, pa.string()),
+        "cuda_graph": pa.nulls(n, pa.string()),
         "phase": _decode(ph_codes, [p and p.name for p in ph_uniq], pa.string()),
         "phase_path": _decode(ph_codes, [p and p.path for p in ph_uniq], pa.string()),
         "step": _decode(ph_codes, [p and p.step for p in ph_uniq], pa.int64()),
@@ -213,7 +218,8 @@ def _nullable_int(values: np.ndarray) -> pa.Array:
 # Dictionary-encode the low-cardinality columns only, and keep min/max statistics where readers
 # filter (rank, op, group, phase, sizes, times): this doubles the write rate.
 _DICTIONARY_COLUMNS = ["run_id", "host", "pg_name", "pg_dim", "op", "api", "dtype", "backend",
-                       "device", "completion", "phase", "phase_path", "capture", "error"]
+                       "device", "completion", "phase", "phase_path", "capture", "error", "source",
+                       "cuda_graph"]
 _STATISTICS_COLUMNS = ["rank", "seq", "pg_name", "pg_dim", "pg_seq", "op", "bytes", "phase",
                        "step", "t_start_ns"]
 

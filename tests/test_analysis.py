@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import analysis
+from commscope import analysis
 
 MS = 1_000_000
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import analysis
+from commscope import analysis
 from tests import workers
 from tests.distributed import run_ranks
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-import analysis
+from commscope import analysis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import analysis
-from analysis import CostModel, CostModelWarning
+from commscope import analysis
+from commscope.analysis import CostModel, CostModelWarning
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "calibration")
 

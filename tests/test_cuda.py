@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import analysis
-from profiler._metadata import gpu_inventory
+from commscope import analysis
+from commscope.profiler._metadata import gpu_inventory
 from tests import workers  # noqa: F401  (same import path as the gloo tests)
 from tests.distributed import run_ranks
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 def nccl_worker(rank: int, world: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    import profiler
+    from commscope import profiler
 
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", rank=rank, world_size=world)

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import analysis
-import profiler
-from profiler._recorder import RECORDER
+from commscope import analysis, profiler
+from commscope.profiler._recorder import RECORDER
 
 WORLD, RANK = 8, 3
 

@@ -9,7 +9,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-import analysis
+from commscope import analysis
 from tests import workers
 from tests.distributed import run_ranks
 
@@ -66,7 +66,7 @@ def test_every_op_recorded_once_with_exact_fields(tmp_path, world):
         assert set(df[df["pg_size"] == 4]["pg_dim"]) == {"world"}
     # Schema version and run metadata are stored.
     part = sorted(glob.glob(str(tmp_path / "all_ops" / "rank_00000" / "part-*.parquet")))[0]
-    assert pq.read_schema(part).metadata[b"commscope.schema_version"] == b"1.0"
+    assert pq.read_schema(part).metadata[b"commscope.schema_version"] == b"1.1"
     meta = json.loads((tmp_path / "all_ops" / "rank_00001" / "metadata.json").read_text())
     assert meta["rank"] == 1 and meta["world_size"] == world
     assert meta["events_written"] == len(workers.expected_rows(1, world, 2 if world == 4 else None))

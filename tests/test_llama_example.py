@@ -3,16 +3,10 @@ traces agree exactly (counts and bytes) with the predicted schedule."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-import analysis
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "examples"))
-import llama  # noqa: E402
+from commscope import analysis
+from commscope.models import llama
 
 W = analysis.Workload(batch=2, prompt_len=16, output_len=8)
 

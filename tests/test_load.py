@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import analysis
-from profiler._groups import GroupInfo
-from profiler._phases import PhaseFrame
-from profiler._recorder import API_TABLE, _register_api
-from profiler._writer import Identity, rows_to_table, write_part
+from commscope import analysis
+from commscope.profiler._groups import GroupInfo
+from commscope.profiler._phases import PhaseFrame
+from commscope.profiler._recorder import API_TABLE, _register_api
+from commscope.profiler._writer import Identity, rows_to_table, write_part
 
 
 def _row(api_idx, seq, t0, count, phase=None):

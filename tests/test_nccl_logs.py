@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import analysis
-import profiler
+from commscope import analysis, profiler
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "nccl")
 needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data absent")

@@ -11,12 +11,11 @@ import subprocess
 import numpy as np
 import pytest
 
-import analysis
-import dashboards
-from profiler._groups import GroupInfo
-from profiler._phases import PhaseFrame
-from profiler._recorder import _register_api
-from profiler._writer import Identity, rows_to_table, write_part
+from commscope import analysis, dashboards
+from commscope.profiler._groups import GroupInfo
+from commscope.profiler._phases import PhaseFrame
+from commscope.profiler._recorder import _register_api
+from commscope.profiler._writer import Identity, rows_to_table, write_part
 from tests import workers
 from tests.distributed import run_ranks
 

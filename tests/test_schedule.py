@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from analysis import (
+from commscope.analysis import (
     TP2D,
     CostModel,
     ModelSpec,

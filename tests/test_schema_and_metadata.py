@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-import profiler
-from profiler._metadata import comm_env, gpu_inventory, versions
+from commscope import profiler
+from commscope.profiler._metadata import comm_env, gpu_inventory, versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRACT = ["run_id", "rank", "world_size", "host", "pid", "seq", "pg_name", "pg_dim", "pg_size", "pg_ranks", "pg_seq", "op", "api", "dtype", "count", "bytes", "in_bytes", "out_bytes", "peer", "root", "async_op", "backend", "device", "t_start_ns", "t_end_ns", "gpu_duration_ns", "phase", "step", "error"]

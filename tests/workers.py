@@ -9,7 +9,7 @@ import time
 import torch
 import torch.distributed as dist
 
-import profiler
+from commscope import profiler
 
 F32 = torch.float32
 

@@ -5,7 +5,7 @@ import sys
 
 if os.environ.get("COMMSCOPE_OUT"):
     try:
-        from profiler._autorun import start
+        from commscope.profiler._autorun import start
 
         start()
     except Exception as exc:  # tracing must never stop the user's program from starting

@@ -1,0 +1,288 @@
+"""A small Llama-architecture decoder with real tensor and pipeline parallelism over torch.distributed.
+
+RMSNorm, rotary embeddings, grouped-query attention with a KV cache, SwiGLU MLP, greedy decoding;
+random weights from a fixed seed, so every configuration generates the same tokens as the
+single-process run. Parallelism (rank = stage * tp + tp_index):
+
+- TP: column-parallel q/k/v and gate/up projections, row-parallel o/down projections (one
+  all_reduce each), vocab-parallel embedding (all_reduce) and vocab-sharded logits (all_gather
+  of the sampled positions).
+- PP: layers split into stages; each stage sends its activations to the next with send/recv;
+  the last stage sends the sampled tokens back to the first.
+
+    python -m commscope.models.llama --tp 2 --pp 2 --out traces   # spawns 4 gloo ranks
+    python -m commscope.models.llama                             # single process reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from commscope import profiler
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int = 256
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    rope_theta: float = 10000.0
+    eps: float = 1e-5
+    seed: int = 0
+
+    def spec(self, dtype_bytes: int):
+        """The same model as an `analysis.ModelSpec` (for predictions)."""
+        from commscope.analysis import ModelSpec
+
+        return ModelSpec("tiny-llama", self.hidden_size, self.num_layers, self.num_heads,
+                         self.num_kv_heads, self.intermediate_size, self.vocab_size,
+                         dtype_bytes=dtype_bytes)
+
+
+class Parallel:
+    """This rank's place in the TP x PP grid and its process groups (None: single process)."""
+
+    def __init__(self, tp: int, pp: int) -> None:
+        self.tp, self.pp = tp, pp
+        self.enabled = dist.is_initialized() and tp * pp > 1
+        rank = dist.get_rank() if self.enabled else 0
+        self.rank = rank
+        self.stage, self.tp_rank = divmod(rank, tp)
+        self.tp_group = self.pp_group = None
+        if self.enabled:
+            # Every rank creates every group (new_group is collective).
+            for s in range(pp):
+                g = dist.new_group([s * tp + i for i in range(tp)])
+                if s == self.stage:
+                    self.tp_group = profiler.label_group(g, "tp")
+            for i in range(tp):
+                g = dist.new_group([s * tp + i for s in range(pp)])
+                if i == self.tp_rank:
+                    self.pp_group = profiler.label_group(g, "pp")
+
+    @property
+    def first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def last(self) -> bool:
+        return self.stage == self.pp - 1
+
+    def peer(self, stage: int) -> int:
+        return stage * self.tp + self.tp_rank
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp > 1:
+            dist.all_reduce(x, group=self.tp_group)
+        return x
+
+
+def _shard(w: torch.Tensor, n: int, i: int, dim: int) -> torch.Tensor:
+    return w.chunk(n, dim=dim)[i].contiguous()
+
+
+class Model:
+    """Weights are generated whole from the seed on every rank, then sharded."""
+
+    def __init__(self, cfg: Config, par: Parallel, dtype: torch.dtype) -> None:
+        self.cfg, self.par, self.dtype = cfg, par, dtype
+        g = torch.Generator().manual_seed(cfg.seed)
+        h, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+        hd = h // cfg.num_heads
+        t, i = par.tp, par.tp_rank
+
+        def rnd(*shape: int) -> torch.Tensor:
+            return (torch.randn(*shape, generator=g, dtype=torch.float64) / shape[0] ** 0.5).to(dtype)
+
+        emb, head = rnd(v, h) * v ** 0.5 / 4, rnd(h, v)
+        self.embed = _shard(emb, t, i, 0)            # vocab-parallel rows
+        self.vocab_start = i * (v // t)
+        self.lm_head = _shard(head, t, i, 1)         # vocab-sharded logits
+        self.final_norm = torch.ones(h, dtype=dtype)
+        per_stage = cfg.num_layers // par.pp
+        self.layers = []
+        for layer in range(cfg.num_layers):
+            ws = {"q": rnd(h, h), "k": rnd(h, cfg.num_kv_heads * hd),
+                  "v": rnd(h, cfg.num_kv_heads * hd), "o": rnd(h, h), "gate": rnd(h, f),
+                  "up": rnd(h, f), "down": rnd(f, h)}
+            if layer // per_stage != par.stage:
+                continue
+            self.layers.append({
+                "q": _shard(ws["q"], t, i, 1), "k": _shard(ws["k"], t, i, 1),
+                "v": _shard(ws["v"], t, i, 1), "o": _shard(ws["o"], t, i, 0),
+                "gate": _shard(ws["gate"], t, i, 1), "up": _shard(ws["up"], t, i, 1),
+                "down": _shard(ws["down"], t, i, 0),
+                "attn_norm": torch.ones(h, dtype=dtype), "mlp_norm": torch.ones(h, dtype=dtype)})
+        self.heads = cfg.num_heads // t
+        self.kv_heads = cfg.num_kv_heads // t
+        self.head_dim = hd
+        inv = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        self.inv_freq = inv
+        self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        var = x.pow(2).mean(-1, keepdim=True)
+        return x * torch.rsqrt(var + self.cfg.eps) * w
+
+    def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Rotate (B, T, heads, head_dim) by positions `pos` (T,)."""
+        ang = pos[:, None].to(torch.float64) * self.inv_freq[None, :]
+        cos = ang.cos().to(x.dtype)[None, :, None, :]
+        sin = ang.sin().to(x.dtype)[None, :, None, :]
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        local = ids - self.vocab_start
+        mask = (local >= 0) & (local < self.embed.shape[0])
+        x = self.embed[local.clamp(0, self.embed.shape[0] - 1)] * mask[..., None]
+        return self.par.all_reduce(x)
+
+    def layer(self, idx: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        w = self.layers[idx]
+        B, T, _ = x.shape
+        hn = self.rms(x, w["attn_norm"])
+        q = (hn @ w["q"]).view(B, T, self.heads, self.head_dim)
+        k = (hn @ w["k"]).view(B, T, self.kv_heads, self.head_dim)
+        v = (hn @ w["v"]).view(B, T, self.kv_heads, self.head_dim)
+        q, k = self.rope(q, pos), self.rope(k, pos)
+        if len(self.cache) > idx:
+            pk, pv = self.cache[idx]
+            k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
+            self.cache[idx] = (k, v)
+        else:
+            self.cache.append((k, v))
+        rep = self.heads // self.kv_heads
+        kk = k.repeat_interleave(rep, dim=2).transpose(1, 2)
+        vv = v.repeat_interleave(rep, dim=2).transpose(1, 2)
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, is_causal=T > 1)
+        x = x + self.par.all_reduce(att.transpose(1, 2).reshape(B, T, -1) @ w["o"])
+        hn = self.rms(x, w["mlp_norm"])
+        mlp = (F.silu(hn @ w["gate"]) * (hn @ w["up"])) @ w["down"]
+        return x + self.par.all_reduce(mlp)
+
+    def next_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Greedy tokens from the last position's hidden state (last stage)."""
+        local = self.rms(x[:, -1], self.final_norm) @ self.lm_head   # B x V/t
+        if self.par.tp > 1:
+            full = torch.empty(self.par.tp * local.numel(), dtype=local.dtype)
+            dist.all_gather_into_tensor(full, local.contiguous().view(-1), group=self.par.tp_group)
+            local = torch.cat(full.view(self.par.tp, *local.shape).unbind(0), dim=-1)
+        return local.argmax(-1)
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+        """One step over `ids` (B x T); returns the next tokens on every first-stage rank."""
+        par = self.par
+        B, T = ids.shape
+        if par.first:
+            x = self.embed_tokens(ids)
+        else:
+            x = torch.empty(B, T, self.cfg.hidden_size, dtype=self.dtype)
+            dist.recv(x, src=par.peer(par.stage - 1), group=par.pp_group)
+        for i in range(len(self.layers)):
+            x = self.layer(i, x, pos)
+        if not par.last:
+            dist.send(x.contiguous(), dst=par.peer(par.stage + 1), group=par.pp_group)
+        tokens = self.next_tokens(x) if par.last else None
+        if par.pp > 1:  # sampled tokens back to the first stage
+            if par.last:
+                dist.send(tokens, dst=par.peer(0), group=par.pp_group)
+            elif par.first:
+                tokens = torch.empty(B, dtype=torch.int64)
+                dist.recv(tokens, src=par.peer(par.pp - 1), group=par.pp_group)
+        return tokens
+
+
+def generate(cfg: Config, par: Parallel, batch: int, prompt_len: int, output_len: int,
+             dtype: torch.dtype) -> list[list[int]] | None:
+    """Greedy generation; returns the tokens on first-stage ranks (None elsewhere)."""
+    model = Model(cfg, par, dtype)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    ids = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g)
+    out = []
+    with profiler.phase("prefill"):
+        tok = model.forward(ids, torch.arange(prompt_len))
+    out.append(tok)
+    for step in range(output_len - 1):
+        with profiler.phase("decode", step=step):
+            cur = tok if tok is not None else torch.zeros(batch, dtype=torch.int64)
+            tok = model.forward(cur[:, None], torch.tensor([prompt_len + step]))
+        out.append(tok)
+    if out[0] is None:
+        return None
+    return torch.stack(out, 1).tolist()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, a: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg = Config(**a["model"])
+    dtype = getattr(torch, a["dtype"])
+    with profiler.trace(a["out"], run_name=a["run_name"],
+                        tags={"example": "llama", "tp": a["tp"], "pp": a["pp"]}) as s:
+        par = Parallel(a["tp"], a["pp"])
+        tokens = generate(cfg, par, a["batch"], a["prompt"], a["output"], dtype)
+    if rank == 0:
+        with open(os.path.join(s.run_dir, "tokens.json"), "w") as fh:
+            json.dump(tokens, fh)
+    dist.destroy_process_group()
+
+
+def run(tp: int = 1, pp: int = 1, *, out: str = "traces", run_name: str | None = None,
+        batch: int = 2, prompt: int = 16, output: int = 8, dtype: str = "float64",
+        model: Config | None = None) -> tuple[str | None, list[list[int]]]:
+    """Run one configuration (spawning tp*pp gloo ranks); returns (run_dir, tokens)."""
+    cfg = model or Config()
+    if cfg.num_layers % pp or cfg.num_kv_heads % tp or cfg.vocab_size % tp:
+        raise ValueError(f"TP={tp}, PP={pp} does not divide the model {cfg}")
+    if tp * pp == 1:
+        tokens = generate(cfg, Parallel(1, 1), batch, prompt, output, getattr(torch, dtype))
+        return None, tokens
+    name = run_name or f"llama_tp{tp}_pp{pp}"
+    args = dict(tp=tp, pp=pp, out=out, run_name=name, batch=batch, prompt=prompt, output=output,
+                dtype=dtype, model=asdict(cfg))
+    mp.spawn(_rank_main, nprocs=tp * pp, args=(tp * pp, _free_port(), args))
+    run_dir = os.path.join(os.path.abspath(out), name)
+    with open(os.path.join(run_dir, "tokens.json")) as fh:
+        return run_dir, json.load(fh)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--out", default="traces")
+    ap.add_argument("--run-name")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--output", type=int, default=8)
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    a = ap.parse_args()
+    run_dir, tokens = run(a.tp, a.pp, out=a.out, run_name=a.run_name, batch=a.batch,
+                          prompt=a.prompt, output=a.output, dtype=a.dtype)
+    print(f"tokens: {tokens}")
+    if run_dir:
+        print(f"trace: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
