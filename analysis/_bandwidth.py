@@ -39,9 +39,17 @@ def _gbps(nbytes: pd.Series, ns: pd.Series) -> np.ndarray:
 
 
 def bandwidth(events: pd.DataFrame) -> pd.DataFrame:
-    """`events` with `duration_ns`, `algbw_GBps` and `busbw_GBps` from each call's own duration."""
+    """`events` with `duration_ns`, `algbw_GBps` and `busbw_GBps` from each call's own
+    duration, and `time_basis`: device time where the row has it (gpu_end_ns - gpu_start_ns,
+    else gpu_duration_ns), host time (t_end_ns - t_start_ns) otherwise."""
+    from ._trace import opened
+
+    frame = events.assign(_row=np.arange(len(events), dtype="int64"))
+    with opened(frame, extra=("_row",)) as src:
+        b = src.sql("SELECT _row, dur_ns, time_basis FROM events ORDER BY _row")
     out = events.copy()
-    out["duration_ns"] = (out["t_end_ns"] - out["t_start_ns"]).astype("Int64")
+    out["duration_ns"] = pd.array(b["dur_ns"], dtype="Int64")
+    out["time_basis"] = b["time_basis"].to_numpy()
     out["algbw_GBps"] = _gbps(out["bytes"], out["duration_ns"])
     out["busbw_GBps"] = out["algbw_GBps"] * bus_factor(out["op"], out["pg_size"])
     return out

@@ -4,7 +4,10 @@ Per key (op, group size n, nodes, library) the time of a message of S bytes is
     t(S) = alpha_p + beta_p * S        for S in size range p,
 with the breakpoints between ranges chosen from the data (NCCL switches algorithm and protocol
 by size, so one line does not fit). Fits minimise relative error on per-size medians (weighted
-least squares with weights 1/t^2). Across group sizes, the first range's latency is modelled as
+least squares with weights 1/t^2) with alpha, beta >= 0, at least `min_points` sizes per range
+and a penalised choice of the number of ranges (`_fit.py`). Curves are kept per library
+(backend) and never mixed; each records where its measurements came from. Across group sizes,
+the first range's latency is modelled as
     alpha(n) = a0 + nsteps(op, n) * a_hop
 (nsteps = 2(n-1) for all_reduce, n-1 for all_gather / reduce_scatter / all_to_all, ceil(log2 n)
 for broadcast / reduce, 1 for send / recv), and the bandwidth term from the bus bandwidth of the
@@ -17,13 +20,13 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ._bandwidth import bus_factor
+from ._fit import Fit, fit_curve
 
 __all__ = ["CostModel", "nsteps", "CostModelWarning"]
 
@@ -46,159 +49,123 @@ def nsteps(op: str, n: int) -> int:
     return 1
 
 
-def _wls(s: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """alpha, beta minimising sum(((alpha + beta s) - t) / t)^2, beta >= 0."""
-    w = 1.0 / t**2
-    sw, ss, st = w.sum(), (w * s).sum(), (w * t).sum()
-    sss, sst = (w * s * s).sum(), (w * s * t).sum()
-    det = sw * sss - ss * ss
-    if len(s) >= 2 and det > 0:
-        beta = (sw * sst - ss * st) / det
-        alpha = (st - beta * ss) / sw
-        if beta >= 0:
-            return float(alpha), float(beta)
-    return float(st / sw), 0.0  # flat: a pure latency range
-
-
-def _rel_sse(s: np.ndarray, t: np.ndarray) -> float:
-    a, b = _wls(s, t)
-    return float(np.sum((((a + b * s) - t) / t) ** 2))
-
-
-def _segment(s: np.ndarray, t: np.ndarray, max_pieces: int, min_points: int) -> list[int]:
-    """Breakpoints (start indices of pieces) minimising relative SSE + a BIC-like penalty."""
-    n = len(s)
-    if n < 2 * min_points:
-        return [0]
-    cost = np.full((n + 1, n + 1), np.inf)
-    for i in range(n):
-        for j in range(i + min_points, n + 1):
-            cost[i, j] = _rel_sse(s[i:j], t[i:j])
-    best_score, best_starts = math.inf, [0]
-    # dp[k][j]: min cost of covering the first j points with k pieces.
-    dp = np.full((max_pieces + 1, n + 1), np.inf)
-    arg = np.zeros((max_pieces + 1, n + 1), dtype=int)
-    dp[0, 0] = 0.0
-    for k in range(1, max_pieces + 1):
-        for j in range(min_points, n + 1):
-            cands = dp[k - 1, :j] + cost[:j, j]
-            i = int(np.argmin(cands))
-            dp[k, j], arg[k, j] = cands[i], i
-        if not np.isfinite(dp[k, n]):
-            continue
-        score = n * math.log(max(dp[k, n], 1e-12) / n) + 3 * k * math.log(n)
-        if score < best_score - 1e-9:
-            starts, j = [], n
-            for kk in range(k, 0, -1):
-                i = arg[kk, j]
-                starts.append(i)
-                j = i
-            best_score, best_starts = score, sorted(starts)
-    return best_starts
-
-
-@dataclass
-class _Fit:
-    sizes: list[int]                 # measured sizes (bytes), sorted
-    starts: list[int]                # index of each piece's first size
-    alpha: list[float]               # us
-    beta: list[float]                # us per byte
-    rel_std: list[float]             # residual relative std per piece
-    bounds: list[float] = field(default_factory=list)  # size where each piece starts
-
-    def piece(self, nbytes: float) -> int:
-        p = 0
-        for k, b in enumerate(self.bounds):
-            if nbytes >= b:
-                p = k
-        return p
-
-    def _line(self, p: int, nbytes: float) -> float:
-        return max(self.alpha[p] + self.beta[p] * nbytes, 1e-3)
-
-    def predict(self, nbytes: float) -> float:
-        # Between the last size of one range and the first of the next (where NCCL switched
-        # algorithm or protocol somewhere), interpolate log t in log S between the two lines.
-        for k in range(1, len(self.starts)):
-            lo, hi = self.sizes[self.starts[k] - 1], self.sizes[self.starts[k]]
-            if lo < nbytes < hi:
-                w = math.log(nbytes / lo) / math.log(hi / lo)
-                return math.exp((1 - w) * math.log(self._line(k - 1, lo))
-                                + w * math.log(self._line(k, hi)))
-        return self._line(self.piece(nbytes), nbytes)
-
-
-def _fit_key(sizes: np.ndarray, times: np.ndarray, max_pieces: int, min_points: int) -> _Fit:
-    starts = _segment(sizes, times, max_pieces, min_points)
-    ends = starts[1:] + [len(sizes)]
-    alpha, beta, rel_std, bounds = [], [], [], []
-    for k, (i, j) in enumerate(zip(starts, ends)):
-        a, b = _wls(sizes[i:j], times[i:j])
-        resid = ((a + b * sizes[i:j]) - times[i:j]) / times[i:j]
-        alpha.append(a)
-        beta.append(b)
-        rel_std.append(float(np.sqrt(np.mean(resid**2))))
-        # A piece starts halfway (geometrically) between two measured sizes.
-        bounds.append(0.0 if k == 0 else float(math.sqrt(sizes[i - 1] * sizes[i])))
-    return _Fit([int(x) for x in sizes], [int(i) for i in starts], alpha, beta, rel_std, bounds)
-
-
 class CostModel:
-    """A fitted cost model. Use `CostModel.fit(measurements)`, then `predict`."""
+    """A fitted cost model. Use `CostModel.fit(measurements)`, then `predict`.
 
-    def __init__(self, fits: dict[tuple, _Fit], latency: dict[tuple, tuple[float, float]],
-                 provenance: dict[str, Any], quality: pd.DataFrame | None = None) -> None:
+    Curves of different libraries (backends: nccl, gloo, ...) are never mixed: when the model
+    holds several, `predict` needs `library=` (or use `select(library)`), otherwise it raises
+    `ValueError`. Predictions outside what was measured warn once per curve and kind.
+    """
+
+    def __init__(self, fits: dict[tuple, Fit], latency: dict[tuple, tuple[float, float]],
+                 provenance: dict[str, Any], quality: pd.DataFrame | None = None,
+                 curve_provenance: dict[tuple, dict[str, Any]] | None = None) -> None:
         self.fits = fits
         self.latency = latency          # (op, nodes, library) -> (a0, a_hop)
         self.provenance = provenance
+        self.curve_provenance = curve_provenance or {}   # key -> sources, runs, timing, rows
         self._quality = quality
+        self._warned: set[tuple] = set()
+
+    @property
+    def libraries(self) -> list[str]:
+        """Libraries (backends) the model has curves for."""
+        return sorted({k[3] for k in self.fits})
+
+    def select(self, library: str) -> CostModel:
+        """A model with only `library`'s curves (so `predict` needs no `library=`)."""
+        library = str(library).lower()
+        if library not in self.libraries:
+            raise KeyError(f"no curves for library {library!r}; the model has {self.libraries}")
+        fits = {k: f for k, f in self.fits.items() if k[3] == library}
+        lat = {k: v for k, v in self.latency.items() if k[2] == library}
+        prov = {k: v for k, v in self.curve_provenance.items() if k[3] == library}
+        q = None if self._quality is None else self._quality[self._quality["library"] == library]
+        return CostModel(fits, lat, dict(self.provenance, selected_library=library), q, prov)
 
     # -- fitting ------------------------------------------------------------------------------
     @classmethod
-    def fit(cls, measurements: pd.DataFrame, *, max_pieces: int = 5, min_points: int = 2,
+    def fit(cls, measurements: pd.DataFrame, *, max_pieces: int = 5, min_points: int = 3,
+            noise_floor: float = 0.01, penalty: float = 1.0, spike_threshold: float = 0.15,
             key: tuple[str, ...] = KEY) -> CostModel:
         """Fit per key on per-size medians. Options: `max_pieces` (size ranges per key),
-        `min_points` (sizes per range), `key` (columns identifying a curve)."""
+        `min_points` (sizes per range, >= 3 so no piece is a line through two points),
+        `noise_floor` (relative error treated as noise when choosing the number of pieces),
+        `penalty` (multiplies the BIC complexity term: larger prefers fewer pieces),
+        `spike_threshold` (a size more than this far, relative, above or below both neighbours
+        is left out of the lines; 0 keeps every size), `key` (columns identifying a curve)."""
         m = _normalise(measurements)
-        fits: dict[tuple, _Fit] = {}
+        fits: dict[tuple, Fit] = {}
+        cprov: dict[tuple, dict[str, Any]] = {}
         for k, g in m.groupby(list(key), dropna=False):
             med = g.groupby("bytes")["time_us"].median().sort_index()
-            fits[_tuple(k)] = _fit_key(med.index.to_numpy(dtype=float), med.to_numpy(),
-                                       max_pieces, min_points)
+            kt = _tuple(k)
+            fits[kt] = fit_curve(med.index.to_numpy(dtype=float), med.to_numpy(),
+                                 max_pieces=max_pieces, min_points=min_points,
+                                 noise_floor=noise_floor, penalty=penalty,
+                                 spike_threshold=spike_threshold)
+            cprov[kt] = _curve_provenance(g)
         latency = _fit_latency(fits)
         prov = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "sources": sorted(map(str, m["source"].dropna().unique())),
+            "libraries": sorted({k[3] for k in fits}),
             "rows": int(len(m)),
             "key": list(key),
-            "options": {"max_pieces": max_pieces, "min_points": min_points},
+            "options": {"max_pieces": max_pieces, "min_points": min_points,
+                        "noise_floor": noise_floor, "penalty": penalty,
+                        "spike_threshold": spike_threshold},
             "ranges": {_keystr(k): [f.sizes[0], f.sizes[-1]] for k, f in fits.items()},
             "group_sizes": sorted({int(k[1]) for k in fits}),
         }
-        model = cls(fits, latency, prov)
+        model = cls(fits, latency, prov, curve_provenance=cprov)
         model._quality = model.evaluate(m)
         prov["quality"] = _overall(model._quality)
         return model
 
     # -- prediction ---------------------------------------------------------------------------
-    def _find(self, op: str, nranks: int, nodes: int | None, library: str | None) -> _Fit | None:
-        for k, f in self.fits.items():
-            if k[0] == op and int(k[1]) == int(nranks) and (nodes is None or k[2] == nodes) \
-                    and (library is None or k[3] == library):
-                return f
-        return None
+    def _library(self, op: str, library: str | None) -> str | None:
+        """The library to use: the one asked for, or the model's only one; never a guess."""
+        if library is not None:
+            return str(library).lower()
+        libs = self.libraries
+        if len(libs) > 1:
+            raise ValueError(f"the cost model has curves for several libraries {libs}: pass "
+                             f"library=... to predict {op!r} (or use CostModel.select(library))"
+                             f"; curves of different libraries are never mixed")
+        return libs[0] if libs else None
+
+    def _find(self, op: str, nranks: int, nodes: int | None, library: str | None) -> Fit | None:
+        hits = [k for k in self.fits if k[0] == op and int(k[1]) == int(nranks)
+                and (nodes is None or k[2] == int(nodes)) and (library is None or k[3] == library)]
+        if len(hits) > 1:
+            raise ValueError(f"{op} on {nranks} ranks was measured on several node counts "
+                             f"{sorted(k[2] for k in hits)}: pass nodes=...")
+        return self.fits[hits[0]] if hits else None
+
+    def _warn(self, key: tuple, message: str, stacklevel: int) -> None:
+        # Once per (kind, curve): a schedule predicts the same op at many sizes.
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, CostModelWarning, stacklevel=stacklevel + 1)
 
     def predict(self, op: str, nranks: int, nbytes: float, *, nodes: int | None = None,
                 library: str | None = None, warn: bool = True) -> float:
-        """Predicted time in microseconds of one `op` of `nbytes` (nccl-tests size) on `nranks`."""
+        """Predicted time in microseconds of one `op` of `nbytes` (nccl-tests size) on `nranks`.
+
+        Warns (`CostModelWarning`, once per curve) beyond 2x the measured size range and for
+        group sizes that were not measured; raises `ValueError` when `library` is needed."""
         if nranks <= 1 or nbytes <= 0 and op != "barrier":
             return 0.0
+        library = self._library(op, library)
         f = self._find(op, nranks, nodes, library)
         if f is not None:
             lo, hi = f.sizes[0], f.sizes[-1]
             if warn and (nbytes > 2 * hi or nbytes < lo / 2):
-                warnings.warn(f"{op} on {nranks} ranks: {nbytes:.0f} B is outside the measured "
-                              f"range {lo}-{hi} B (extrapolated)", CostModelWarning, stacklevel=2)
+                self._warn(("range", op, int(nranks), nodes, library),
+                           f"{op} on {nranks} ranks ({library}): {nbytes:.0f} B is outside the "
+                           f"measured range {lo}-{hi} B (extrapolated; further sizes outside "
+                           f"the range of this curve are not reported again)", 2)
             return f.predict(nbytes)
         return self._predict_unmeasured(op, int(nranks), float(nbytes), nodes, library, warn)
 
@@ -226,15 +193,15 @@ class CostModel:
         factor = float(bus_factor([op], [n])[0])
         extra = nbytes * factor / float(np.median(busbw)) if busbw and factor == factor else 0.0
         if warn:
-            warnings.warn(f"{op} on {n} ranks was not measured (measured: "
-                          f"{sorted(int(k[1]) for k in same_op)}); predicted from the latency "
-                          f"model a0 + nsteps*a_hop and the measured bus bandwidth",
-                          CostModelWarning, stacklevel=3)
+            self._warn(("nranks", op, n, nodes, library),
+                       f"{op} on {n} ranks ({library}) was not measured (measured: "
+                       f"{sorted(int(k[1]) for k in same_op)}); predicted from the latency "
+                       f"model a0 + nsteps*a_hop and the measured bus bandwidth", 3)
         return max(alpha + extra, 1e-3)
 
     def uncertainty(self, op: str, nranks: int, nbytes: float, **key: Any) -> float:
         """Relative standard deviation of the fit in the size range of `nbytes` (0.05 = 5 %)."""
-        f = self._find(op, nranks, key.get("nodes"), key.get("library"))
+        f = self._find(op, nranks, key.get("nodes"), self._library(op, key.get("library")))
         if f is None:
             return float("nan")
         return f.rel_std[f.piece(nbytes)]
@@ -256,14 +223,29 @@ class CostModel:
         """MAPE, bias, p90 and max relative error (%) per key and size regime, on the fit data."""
         return _quality_table(self._quality)
 
+    def curves(self) -> pd.DataFrame:
+        """One row per curve: key, pieces, measured size range and where it came from."""
+        rows = []
+        for k, f in self.fits.items():
+            p = self.curve_provenance.get(k, {})
+            rows.append({**dict(zip(KEY, k)), "pieces": len(f.alpha), "min_bytes": f.sizes[0],
+                         "max_bytes": f.sizes[-1], "sizes": p.get("sizes", len(f.sizes)),
+                         "sources": ",".join(p.get("sources", [])),
+                         "time_basis": ",".join(p.get("time_basis", [])),
+                         "runs": len(p.get("runs", []))})
+        return pd.DataFrame(rows, columns=list(KEY) + ["pieces", "min_bytes", "max_bytes",
+                                                       "sizes", "sources", "time_basis", "runs"])
+
     # -- persistence --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-able form written by `save`."""
         return {
             "format": "commscope-costmodel/1",
             "provenance": self.provenance,
             "curves": [{"key": dict(zip(KEY, [k[0], int(k[1]), int(k[2]), k[3]])),
                         "sizes": f.sizes, "starts": f.starts, "alpha_us": f.alpha,
-                        "beta_us_per_byte": f.beta, "rel_std": f.rel_std, "bounds": f.bounds}
+                        "beta_us_per_byte": f.beta, "rel_std": f.rel_std, "bounds": f.bounds,
+                        "provenance": self.curve_provenance.get(k, {})}
                        for k, f in self.fits.items()],
             "latency": [{"op": k[0], "nodes": int(k[1]), "library": k[2], "a0_us": v[0],
                          "a_hop_us": v[1]} for k, v in self.latency.items()],
@@ -275,21 +257,23 @@ class CostModel:
             json.dump(self.to_dict(), fh, indent=1)
 
     @classmethod
-    def load(cls, path: str) -> CostModel:
-        """Read a model written by `save`."""
+    def load(cls, path: str, *, library: str | None = None) -> CostModel:
+        """Read a model written by `save`; `library` keeps only that library's curves."""
         with open(path) as fh:
             d = json.load(fh)
         if d.get("format") != "commscope-costmodel/1":
             raise ValueError(f"{path}: not a commscope cost model (format {d.get('format')!r})")
-        fits = {}
+        fits, cprov = {}, {}
         for c in d["curves"]:
             k = c["key"]
-            fits[(k["op"], k["nranks"], k["nodes"], k["library"])] = _Fit(
-                c["sizes"], c["starts"], c["alpha_us"], c["beta_us_per_byte"], c["rel_std"],
-                c["bounds"])
+            kt = (k["op"], k["nranks"], k["nodes"], k["library"])
+            fits[kt] = Fit(c["sizes"], c["starts"], c["alpha_us"], c["beta_us_per_byte"],
+                           c["rel_std"], c["bounds"])
+            cprov[kt] = c.get("provenance", {})
         latency = {(x["op"], x["nodes"], x["library"]): (x["a0_us"], x["a_hop_us"])
                    for x in d["latency"]}
-        return cls(fits, latency, d["provenance"])
+        model = cls(fits, latency, d["provenance"], curve_provenance=cprov)
+        return model.select(library) if library is not None else model
 
     # -- validation ---------------------------------------------------------------------------
     @classmethod
@@ -319,8 +303,18 @@ def _normalise(m: pd.DataFrame) -> pd.DataFrame:
     if "source" not in m:
         m["source"] = None
     m = m.assign(nodes=m["nodes"].fillna(1).astype(int), nranks=m["nranks"].astype(int),
-                 library=m["library"].fillna("unknown").astype(str))
+                 library=m["library"].fillna("unknown").astype(str).str.lower())
     return m[m["time_us"] > 0]
+
+
+def _curve_provenance(g: pd.DataFrame) -> dict[str, Any]:
+    """Where one curve's measurements came from (kinds, files, runs, device or host time)."""
+    def vals(c: str) -> list[str]:
+        return sorted(map(str, g[c].dropna().unique())) if c in g else []
+
+    return {"sources": vals("source"), "paths": vals("path"), "runs": vals("run"),
+            "time_basis": vals("time_basis"), "rows": int(len(g)),
+            "sizes": int(g["bytes"].nunique())}
 
 
 def _tuple(k: Any) -> tuple:
@@ -332,7 +326,7 @@ def _keystr(k: tuple) -> str:
     return f"{k[0]}/n={k[1]}/nodes={k[2]}/{k[3]}"
 
 
-def _fit_latency(fits: dict[tuple, _Fit]) -> dict[tuple, tuple[float, float]]:
+def _fit_latency(fits: dict[tuple, Fit]) -> dict[tuple, tuple[float, float]]:
     """a0 + nsteps(op, n) * a_hop from each curve's smallest-size latency, per (op, nodes, lib)."""
     groups: dict[tuple, list[tuple[int, float]]] = {}
     for (op, n, nodes, lib), f in fits.items():

@@ -1,4 +1,4 @@
-"""Reading commscope traces: find part files, validate them, apply clock offsets."""
+"""Reading commscope traces: find part files, validate them, read run metadata and events."""
 
 from __future__ import annotations
 
@@ -9,16 +9,12 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..profiler._schema import SCHEMA_VERSION, SCHEMA_VERSION_KEY
+from ._sql import DEVICE_COLUMNS
 
 __all__ = ["load_events", "load_metadata", "find_part_files", "TraceFormatError"]
-
-_TIME_COLUMNS = ("t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns")
-_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(),
-                 pa.bool_(): pd.BooleanDtype()}
 
 
 class TraceFormatError(ValueError):
@@ -40,8 +36,31 @@ def find_part_files(path: str | os.PathLike) -> list[str]:
 
 
 def _check_file(path: str) -> pa.Schema:
+    return _read_footer(path)[0]
+
+
+
+
+def _has_device_times(meta: pq.FileMetaData) -> bool:
+    """From the footer's statistics alone: may any row of the file have device times?"""
+    names = meta.schema.names
+    for c in DEVICE_COLUMNS:
+        if c not in names:
+            continue
+        i = names.index(c)
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            st = rg.column(i).statistics
+            if st is None or not st.has_null_count or st.null_count < rg.num_rows:
+                return True
+    return False
+
+
+def _read_footer(path: str) -> tuple[pa.Schema, bool]:
+    """Read a part file's footer once: its checked schema, and whether it has device times."""
     try:
-        schema = pq.read_schema(path)
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
     except Exception as exc:
         raise TraceFormatError(f"{path}: unreadable Parquet file ({exc})") from exc
     version = (schema.metadata or {}).get(SCHEMA_VERSION_KEY)
@@ -53,7 +72,7 @@ def _check_file(path: str) -> pa.Schema:
         raise TraceFormatError(
             f"{path}: trace schema {version.decode()} is not readable by this commscope "
             f"(schema {SCHEMA_VERSION})")
-    return schema
+    return schema, _has_device_times(meta)
 
 
 def _metadata_files(files: list[str]) -> list[str]:
@@ -62,10 +81,9 @@ def _metadata_files(files: list[str]) -> list[str]:
             if os.path.exists(os.path.join(d, "metadata.json"))]
 
 
-def load_metadata(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The run metadata of every rank under `path` (one dict per rank folder)."""
+def _read_metadata(files: list[str]) -> list[dict[str, Any]]:
     out = []
-    for m in _metadata_files(find_part_files(path)):
+    for m in _metadata_files(files):
         try:
             with open(m) as fh:
                 out.append(json.load(fh))
@@ -74,48 +92,22 @@ def load_metadata(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def load_metadata(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The run metadata of every rank under `path` (one dict per rank folder)."""
+    return _read_metadata(find_part_files(path))
+
+
 def load_events(path: str | os.PathLike, *, columns: list[str] | None = None,
                 filters: Any = None) -> pd.DataFrame:
     """Every rank's events of a run (or of all runs under a folder) as one DataFrame.
 
     Reads only the `columns` asked for and the rows matching `filters` (a pyarrow expression or
-    DNF tuples such as ``[("op", "==", "all_reduce")]``), subtracts each rank's clock offset from
-    the time columns, and sorts by run, rank and seq. A corrupt or foreign file raises
-    `TraceFormatError` naming it.
+    DNF tuples such as ``[("op", "==", "all_reduce")]``, applied to the times as recorded),
+    subtracts each rank's clock offset from every time column, and sorts by run, rank and seq.
+    Columns a trace of an older schema lacks read as null (`source` as 'hooks'). A corrupt or
+    foreign file raises `TraceFormatError` naming it. Same as ``Trace(path).events(...)``.
     """
-    files = find_part_files(path)
-    schema = None
-    for f in files:
-        s = _check_file(f)
-        schema = s if schema is None else schema
-    offsets = {(m["run_id"], m["rank"]): int(m.get("clock_offset_ns") or 0)
-               for m in load_metadata(path)}
-    want = list(columns) if columns is not None else None
-    read_cols = want
-    if want is not None:
-        # Offsets and sorting need these; they are dropped again below if not asked for.
-        read_cols = list(dict.fromkeys(want + [c for c in ("run_id", "rank", "seq")
-                                               if c in schema.names]))
-        unknown = [c for c in read_cols if c not in schema.names]
-        if unknown:
-            raise KeyError(f"unknown trace columns {unknown}; see docs/schema.md")
-    expr = pq.filters_to_expression(filters) if isinstance(filters, list) else filters
-    try:
-        dataset = ds.dataset(files, format="parquet", schema=schema)
-        table = dataset.to_table(columns=read_cols, filter=expr)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceFormatError(f"cannot read trace under {os.fspath(path)}: {exc}") from exc
-    df = table.to_pandas(types_mapper=_PANDAS_TYPES.get)
-    if offsets and "run_id" in df and "rank" in df:
-        shift = pd.Series([offsets.get(k, 0) for k in zip(df["run_id"], df["rank"])],
-                          index=df.index, dtype="Int64")
-        if (shift != 0).any():
-            for c in _TIME_COLUMNS:
-                if c in df:
-                    df[c] = df[c] - shift
-    sort = [c for c in ("run_id", "rank", "seq") if c in df]
-    if sort:
-        df = df.sort_values(sort, kind="stable").reset_index(drop=True)
-    if want is not None:
-        df = df[want]
-    return df
+    from ._trace import Trace
+
+    with Trace(path) as t:
+        return t.events(columns=columns, filters=filters)

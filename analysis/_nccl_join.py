@@ -37,6 +37,11 @@ class NcclJoin:
     hooks_only: pd.DataFrame
 
 
+def _short_host(hosts: pd.Series) -> pd.Series:
+    """Host names up to the first '.' (how NCCL prints them)."""
+    return hosts.astype(object).where(hosts.isna(), hosts.astype(str).str.split(".", n=1).str[0])
+
+
 def _keys(ops: Any, nbytes: Any, counts: Any) -> list[tuple]:
     """(op, bytes) per call; a barrier and any 1-element all_reduce share one key, since torch
     runs barrier on NCCL as a 1-element all_reduce (of a dtype the trace does not know)."""
@@ -113,8 +118,12 @@ def join_nccl(events: pd.DataFrame, nccl_log: Any) -> NcclJoin:
     ev["nccl_seq"] = pd.array([None] * len(ev), dtype="Int64")
     matched_nccl: set[int] = set()
     coverage = []
-    for (host, pid), tr in ev.groupby(["host", "pid"], sort=False):
-        nc = colls[(colls["host"] == host) & (colls["pid"] == pid)]
+    # NCCL prints the host name cut at the first '.'; traces keep the full name.
+    nccl_host = _short_host(colls["host"])
+    ev_host = _short_host(ev["host"])
+    for (_, pid), tr in ev.groupby([ev_host, "pid"], sort=False):
+        host = tr["host"].iloc[0]
+        nc = colls[(nccl_host == _short_host(pd.Series([host])).iloc[0]) & (colls["pid"] == pid)]
         groups = {name: g.sort_values("seq") for name, g in tr.groupby("pg_name")}
         keys = {name: _keys(g["op"], g["bytes"], g.get("count", None))
                 for name, g in groups.items()}
@@ -152,9 +161,9 @@ def join_nccl(events: pd.DataFrame, nccl_log: Any) -> NcclJoin:
         for name in set(groups) - taken:
             coverage.append(dict(host=host, pid=pid, pg_name=name, nccl_comm=None, both=0,
                                  nccl_only=0, hooks_only=len(groups[name])))
-    trace_procs = set(zip(ev["host"], ev["pid"]))
+    trace_procs = set(zip(ev_host, ev["pid"]))
     for (host, pid, comm), cg in colls.groupby(["host", "pid", "comm"]):
-        if (host, pid) not in trace_procs:
+        if (_short_host(pd.Series([host])).iloc[0], pid) not in trace_procs:
             coverage.append(dict(host=host, pid=pid, pg_name=None, nccl_comm=comm, both=0,
                                  nccl_only=len(cg), hooks_only=0))
     cov = pd.DataFrame(coverage, columns=["host", "pid", "pg_name", "nccl_comm", "both",

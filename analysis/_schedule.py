@@ -14,9 +14,11 @@ L layers, t = TP size, p = PP size.
   its peer in the next stage (`pp_sends="hidden"`); vLLM-style `"hidden+residual"` sends 2*T*h*b;
   `pp_tp_split=True` sends T*h*b/t per TP rank and all_gathers T*h*b on the receiver; the last
   stage returns the sampled token ids (batch x 8 bytes) to the first (`pp_token_return`).
-- 2D TP (grid of row and column groups): per layer and per sublayer (attention, MLP) one
-  all_gather over the row group of T*h*b/len(cols) and one reduce_scatter over the column group
-  of T*h*b/len(rows) (per-group sizes for uneven AsymGroup grids; each group size is a row).
+- 2D TP (`TP2D`: row groups, hidden segments owned by column groups; see its docstring): per
+  layer and sublayer (attention, MLP) each row group of s > 1 ranks runs a reduce_scatter and an
+  all_gather of T*h*b; each hidden segment [a, e) runs an all_reduce of T*(e-a)*h*b in its
+  column group (one rank per row group, when there are > 1 row groups). Embedding and LM head
+  are replicated (no communication), as in `commscope.models.llama2d`.
 - EP (MoE layers): a dispatch and a combine all_to_all, each rank sending T*k*h*b*(e-1)/e.
 - DP: nothing per token.
 """
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._bandwidth import bandwidth
 from ._matching import row_waits
 from ._workload import ModelSpec, ParallelConfig, Workload
 
@@ -44,16 +47,7 @@ def _rows(model: ModelSpec, T: int, sampled: int, cfg: ParallelConfig, pp_sends:
     act = T * h * b
     rows: list[tuple] = []  # (op, pg_dim, pg_size, bytes, count_per_rank, what)
     if cfg.tp2d is not None:
-        g = cfg.tp2d
-        ranks = g.size
-        for size in sorted(set(g.rows)):
-            share = sum(s for s in g.rows if s == size) / ranks  # ranks in such row groups
-            rows.append(("all_gather", "tp_row", size, act // len(g.cols), 2 * L / p * share,
-                         "2D TP: gather activations in the row group, per sublayer"))
-        for size in sorted(set(g.cols)):
-            share = sum(s for s in g.cols if s == size) / ranks
-            rows.append(("reduce_scatter", "tp_col", size, act // len(g.rows), 2 * L / p * share,
-                         "2D TP: reduce partial sums in the column group, per sublayer"))
+        rows.extend(_tp2d_rows(cfg.tp2d, T, h, b, 2 * L / p))
     elif t > 1:
         if cfg.sequence_parallel:
             rows.append(("reduce_scatter", "tp", t, act, 2 * L / p,
@@ -90,6 +84,27 @@ def _rows(model: ModelSpec, T: int, sampled: int, cfg: ParallelConfig, pp_sends:
     return rows
 
 
+def _tp2d_rows(g: Any, T: int, h: int, b: int, sublayers: float) -> list[tuple]:
+    """Per sublayer: reduce_scatter and all_gather of T*h*b in each row group (of > 1 rank), and
+    an all_reduce of each hidden segment (T*len*b) in its column group (of > 1 rank). Counts are
+    per rank, averaged over the g.size ranks."""
+    out: list[tuple] = []
+    n = g.size
+    for size in sorted({s for s in g.rows if s > 1}):
+        share = sum(s for s in g.rows if s == size) / n  # ranks in row groups of this size
+        out.append(("reduce_scatter", "tp_row", size, T * h * b, sublayers * share,
+                    "2D TP: reduce-scatter partial sums over the hidden dim in the row group"))
+        out.append(("all_gather", "tp_row", size, T * h * b, sublayers * share,
+                    "2D TP: all-gather the reduced hidden slices in the row group"))
+    r = len(g.rows)
+    if r > 1:
+        for a, e, _ in g.segments:
+            seg = int(e * h) - int(a * h)  # floor boundaries, as TP2D.hidden_slice
+            out.append(("all_reduce", "tp_col", r, T * seg * b, sublayers * r / n,
+                        "2D TP: all-reduce a hidden segment across row groups (column group)"))
+    return out
+
+
 def predict_schedule(model: ModelSpec, workload: Workload, config: ParallelConfig,
                      cost_model: Any = None, *, pp_sends: str = "hidden",
                      pp_tp_split: bool = False, pp_token_return: bool = True) -> pd.DataFrame:
@@ -119,20 +134,21 @@ def predict_schedule(model: ModelSpec, workload: Workload, config: ParallelConfi
 def _predict(cost_model: Any, op: str, size: int, nbytes: int) -> float:
     if cost_model is None:
         return float("nan")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return float(cost_model.predict(op, size, nbytes))
-        except KeyError:
-            if op in ("send", "recv"):
-                # No point-to-point calibration: a 2-rank all_gather of 2S moves S each way.
+    # CostModelWarnings (extrapolated sizes, unmeasured group sizes) reach the caller: the
+    # model warns once per curve, so a schedule does not flood.
+    try:
+        return float(cost_model.predict(op, size, nbytes))
+    except KeyError:
+        if op in ("send", "recv"):
+            # A recv is the other end of a send (traces often calibrate only one side); with no
+            # point-to-point curve at all, a 2-rank all_gather of 2S moves S each way.
+            other = "send" if op == "recv" else "recv"
+            for fallback in ((other, 2, nbytes), ("all_gather", 2, 2 * nbytes)):
                 try:
-                    return float(cost_model.predict("all_gather", 2, 2 * nbytes))
+                    return float(cost_model.predict(*fallback))
                 except KeyError:
                     pass
-            return float("nan")
+        return float("nan")
 
 
 def compare(events: pd.DataFrame, model: ModelSpec, workload: Workload,
@@ -144,7 +160,8 @@ def compare(events: pd.DataFrame, model: ModelSpec, workload: Workload,
     in the calls minus the time spent waiting for the last participant (what the cost model
     predicts); measured_wait_us is that wait. Columns: phase, op, pg_dim, bytes,
     predicted_count, measured_count, count_error, predicted_us, measured_us, time_error
-    (relative), measured_wait_us, status ('matched', 'measured only', 'predicted only').
+    (relative), measured_wait_us, time_basis ('device' | 'host' | 'mixed': which clock timed
+    the measured calls), status ('matched', 'measured only', 'predicted only').
     """
     pred = predict_schedule(model, workload, config, cost_model, **options)
     ev = events[events["phase"].isin(["prefill", "decode"])].copy()
@@ -154,11 +171,16 @@ def compare(events: pd.DataFrame, model: ModelSpec, workload: Workload,
     # the last participant to arrive (reported separately as measured_wait_us).
     wait = row_waits(events).loc[ev.index].astype("float64").fillna(0)
     ev["wait_us"] = wait / 1e3
-    ev["duration_us"] = (ev["t_end_ns"] - ev["t_start_ns"]).astype("float64") / 1e3 - ev["wait_us"]
+    # Same time basis as the waits: device time where the rows have it, host time otherwise.
+    timed = bandwidth(ev)
+    ev["duration_us"] = timed["duration_ns"].astype("float64") / 1e3 - ev["wait_us"]
+    ev["time_basis"] = timed["time_basis"]
     ev["pg_dim"] = ev["pg_dim"].fillna("(unlabelled)")
     meas = ev.groupby(["phase", "op", "pg_dim", "bytes"]).agg(
         measured_count=("op", "size"), measured_us=("duration_us", "sum"),
-        measured_wait_us=("wait_us", "sum")).reset_index()
+        measured_wait_us=("wait_us", "sum"),
+        time_basis=("time_basis", lambda b: b.iloc[0] if b.nunique() == 1 else "mixed"),
+    ).reset_index()
     norm = np.where(meas["phase"] == "decode", world * steps, world)
     for c in ("measured_count", "measured_us", "measured_wait_us"):
         meas[c] = meas[c] / norm
@@ -171,7 +193,8 @@ def compare(events: pd.DataFrame, model: ModelSpec, workload: Workload,
     with np.errstate(divide="ignore", invalid="ignore"):
         m["time_error"] = (m["predicted_us"] - m["measured_us"]) / m["measured_us"]
     cols = ["phase", "op", "pg_dim", "bytes", "predicted_count", "measured_count", "count_error",
-            "predicted_us", "measured_us", "time_error", "measured_wait_us", "status", "what"]
+            "predicted_us", "measured_us", "time_error", "measured_wait_us", "time_basis", "status",
+            "what"]
     return m[cols].sort_values(["phase", "status", "op", "bytes"]).reset_index(drop=True)
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from ._bandwidth import bandwidth
+from ._sql import BUS_FACTOR_SQL
 
 __all__ = ["summarize", "size_bucket"]
 
@@ -33,33 +33,53 @@ def size_bucket(nbytes: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return pd.Series([labels[v] for v in up], index=nbytes.index, dtype=object), up
 
 
+def _summary(src) -> pd.DataFrame:
+    from ._matching import rank_stats
+
+    # Wall span per rank (device times included), from the pass stragglers shares.
+    stats = rank_stats(src)
+    # Per row only what must be per row; the bus factor, units and labels are applied to the
+    # few result rows (op and pg_size are group keys, so the factor is constant per group).
+    sql = f"""
+    WITH spans AS (SELECT avg(b - a) AS wall_ns, count(*) AS n_ranks FROM
+                   (SELECT rank, min(a) AS a, max(b) AS b FROM {stats} GROUP BY rank)),
+    g AS (
+      SELECT phase, op, pg_dim, pg_size,
+             coalesce(CASE WHEN bytes > 0 THEN pow(2, ceil(log2(bytes))) END, 0)
+               AS bucket_bytes,
+             count(*) AS calls, CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes_total,
+             coalesce(sum(dur_ns), 0) AS total_ns,
+             quantile_cont(dur_ns, [0.5, 0.9, 0.99]) AS q_ns,
+             median(CASE WHEN dur_ns > 0 THEN bytes / dur_ns END) AS median_algbw,
+             bool_and(dev_duration) AS dev_all, bool_or(dev_duration) AS dev_any
+      FROM events GROUP BY ALL)
+    SELECT coalesce(phase, '(none)') AS phase, op, coalesce(pg_dim, '(unlabelled)') AS pg_dim,
+           pg_size, bucket_bytes, calls, bytes_total, total_ns / 1e3 AS total_time_us,
+           q_ns[1] / 1e3 AS p50_us, q_ns[2] / 1e3 AS p90_us, q_ns[3] / 1e3 AS p99_us,
+           median_algbw * {BUS_FACTOR_SQL} AS median_busbw_GBps,
+           CASE WHEN spans.wall_ns > 0 THEN total_ns / spans.n_ranks / spans.wall_ns END
+             AS share_of_wall,
+           CASE WHEN dev_all THEN 'device' WHEN dev_any THEN 'mixed' ELSE 'host' END
+             AS time_basis
+    FROM g, spans
+    ORDER BY total_time_us DESC, bucket_bytes, phase, op, pg_dim, pg_size"""
+    out = src.sql(sql)
+    out.insert(4, "size_bucket", [_bucket_label(v) for v in out["bucket_bytes"]])
+    cols = ["phase", "op", "pg_dim", "pg_size", "size_bucket", "calls", "bytes_total",
+            "total_time_us", "p50_us", "p90_us", "p99_us", "median_busbw_GBps", "share_of_wall",
+            "time_basis"]
+    out["calls"] = out["calls"].astype("int64")
+    return out[cols]
+
+
 def summarize(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     """Per (phase, op, pg_dim, pg_size, size bucket): calls, total time, p50/p90/p99 latency,
-    median busbw, bytes, and share of the trace's wall time (first start to last end, per rank,
-    averaged over ranks), largest total time first.
+    median busbw, bytes, share of the trace's wall time (first start to last end, per rank,
+    averaged over ranks), largest total time first, and time_basis: 'device' when every call's
+    duration is device time, 'host' when none is, 'mixed' otherwise.
 
-    `events` may be a trace path: then DuckDB computes it out of core (for huge traces)."""
-    if isinstance(events, (str, os.PathLike)):
-        from ._engine import summarize_sql
+    `events`: DataFrame, trace path (out of core) or `Trace`; one implementation for all."""
+    from ._trace import opened
 
-        return summarize_sql(events)
-    ev = bandwidth(events)
-    ev["size_bucket"], ev["_bucket_bytes"] = size_bucket(ev["bytes"])
-    ev["phase"] = ev["phase"].fillna("(none)")
-    ev["pg_dim"] = ev["pg_dim"].fillna("(unlabelled)")
-    ev["duration_us"] = ev["duration_ns"].astype("float64") / 1e3
-    spans = ev.groupby("rank").agg(a=("t_start_ns", "min"), b=("t_end_ns", "max"))
-    wall_ns = float((spans["b"] - spans["a"]).mean()) if len(spans) else 0.0
-    n_ranks = max(ev["rank"].nunique(), 1)
-    keys = ["phase", "op", "pg_dim", "pg_size", "size_bucket"]
-    g = ev.groupby(keys + ["_bucket_bytes"], dropna=False)
-    out = g.agg(calls=("op", "size"), bytes_total=("bytes", "sum"),
-                total_time_us=("duration_us", "sum"),
-                p50_us=("duration_us", lambda s: s.quantile(0.5)),
-                p90_us=("duration_us", lambda s: s.quantile(0.9)),
-                p99_us=("duration_us", lambda s: s.quantile(0.99)),
-                median_busbw_GBps=("busbw_GBps", "median")).reset_index()
-    # Time per rank (calls of all ranks are summed above) over the wall time of one rank.
-    out["share_of_wall"] = (out["total_time_us"] * 1e3 / n_ranks / wall_ns) if wall_ns else np.nan
-    out = out.sort_values(["total_time_us", "_bucket_bytes"], ascending=[False, True])
-    return out.drop(columns="_bucket_bytes").reset_index(drop=True)
+    with opened(events) as src:
+        return src.summary()

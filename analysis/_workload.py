@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 __all__ = ["ModelSpec", "Workload", "ParallelConfig", "TP2D", "PRESETS"]
 
@@ -98,23 +99,63 @@ class Workload:
 
 @dataclass(frozen=True)
 class TP2D:
-    """A 2D tensor-parallel grid: ranks in row groups and column groups (AsymGroup-style).
+    """A 2D tensor-parallel layout: ranks in row groups, hidden-dim segments in column groups.
 
-    `rows` are the sizes of the row groups (the ranks a row group spans), `cols` the sizes of
-    the column groups. Even grids repeat one size: an r x c grid is TP2D((c,) * r, (r,) * c).
-    Uneven groups (heterogeneous nodes) list different sizes; a layer waits for its slowest group.
+    `rows` are the sizes of the row groups; row group i holds the next rows[i] ranks and splits
+    the hidden dimension evenly among its members (member j owns [j/rows[i], (j+1)/rows[i]) of
+    it). Each segment of the hidden dimension between two consecutive boundaries of any row group
+    is owned by one member of every row group: those members form its column group (one rank per
+    row group; a rank of a small row group sits in several column groups). A sublayer's partial
+    sums are reduced with a reduce_scatter in the row group, an all_reduce of each segment in its
+    column group and an all_gather in the row group. Even r x c grids are `TP2D.grid(r, c)`:
+    rows (c,)*r, cols (r,)*c; uneven (AsymGroup) layouts list different row sizes, e.g. (2, 1).
+    `cols` (the column-group sizes) is derived from `rows`; a given value must agree.
     """
 
     rows: tuple[int, ...]
-    cols: tuple[int, ...]
+    cols: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        rows = tuple(int(r) for r in self.rows)
+        if not rows or min(rows) < 1:
+            raise ValueError(f"TP2D rows must be positive group sizes, got {self.rows!r}")
+        object.__setattr__(self, "rows", rows)
+        derived = tuple(len(rows) for _ in self.segments)
+        if self.cols and tuple(int(c) for c in self.cols) != derived:
+            raise ValueError(f"TP2D rows={list(rows)} give column groups {list(derived)} "
+                             f"(one rank per row group per hidden segment), not {list(self.cols)}")
+        object.__setattr__(self, "cols", derived)
 
     @classmethod
     def grid(cls, r: int, c: int) -> TP2D:
+        """An even r x c grid: r row groups of c ranks, c column groups of r ranks."""
         return cls((c,) * r, (r,) * c)
 
     @property
     def size(self) -> int:
         return sum(self.rows)
+
+    @property
+    def row_ranks(self) -> list[tuple[int, ...]]:
+        """The ranks of each row group (consecutive)."""
+        starts = [sum(self.rows[:i]) for i in range(len(self.rows))]
+        return [tuple(range(s, s + n)) for s, n in zip(starts, self.rows)]
+
+    @property
+    def segments(self) -> list[tuple[Fraction, Fraction, tuple[int, ...]]]:
+        """(start, end, column-group ranks) per hidden segment; start/end as fractions of h."""
+        cuts = sorted({Fraction(j, n) for n in self.rows for j in range(n + 1)})
+        groups = self.row_ranks
+        return [(a, b, tuple(g[int(a * len(g))] for g in groups))
+                for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def hidden_slice(self, rank: int, hidden: int) -> tuple[int, int]:
+        """[start, end) of the hidden dimension `rank` owns in its row group."""
+        for g in self.row_ranks:
+            if rank in g:
+                j, n = g.index(rank), len(g)
+                return j * hidden // n, (j + 1) * hidden // n
+        raise ValueError(f"rank {rank} is not in {self}")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,26 @@ def fake_pg_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, fl
     return _summary(base, traced)
 
 
+def sustained_overhead(n: int, flush_events: int, rounds: int, out: str
+                       ) -> tuple[float, float, float, int]:
+    """The honest figure: a whole session (open, n calls with several flushes, close, final
+    write) against the same n calls untraced, alternating `rounds` times in this run. Returns
+    medians (untraced us/call, traced us/call, added us/call) and the parts per session."""
+    t = torch.ones(1)
+    base, traced, parts = [], [], 0
+    for r in range(rounds):
+        base.append(_block(n, t))
+        t0 = time.perf_counter_ns()
+        with profiler.trace(out, run_name=f"sustained-{r}", flush_events=flush_events) as s:
+            fn = dist.all_reduce
+            for _ in range(n):
+                fn(t)
+        traced.append((time.perf_counter_ns() - t0) / n / 1e3)
+        parts = s.parts
+    b, tr = statistics.median(base), statistics.median(traced)
+    return b, tr, statistics.median(y - x for x, y in zip(base, traced)), parts
+
+
 def full_capture_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, float]:
     """capture="full" intercepts every dispatched op, so untraced blocks run outside a session."""
     t = torch.ones(1)
@@ -166,7 +186,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000, help="calls per block")
     ap.add_argument("--write-events", type=int, default=1_000_000)
     ap.add_argument("--memory-events", type=int, default=2_000_000)
+    ap.add_argument("--sustained-events", type=int, default=1_000_000)
+    ap.add_argument("--sustained-rounds", type=int, default=3)
     ap.add_argument("--skip-gloo", action="store_true")
+    ap.add_argument("--only-sustained", action="store_true",
+                    help="print the sustained, write-rate and memory figures only")
     a = ap.parse_args()
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
@@ -174,20 +198,28 @@ def main() -> None:
         dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
         print(f"torch {torch.__version__}, {os.cpu_count()} cores; blocks of {a.calls} calls, "
               f"{a.pairs} alternating pairs")
-        for capture, fn in (("default", fake_pg_overhead), ("full", full_capture_overhead)):
+        b, t, d, parts = sustained_overhead(a.sustained_events, 65536, a.sustained_rounds,
+                                            os.path.join(out, "sustained"))
+        print(f"[sustained, fake pg] {a.sustained_events:,} calls: untraced {b:.2f} us/call; "
+              f"whole session (open, calls, {parts} parts written, close) {t:.2f} us/call; added "
+              f"{d:+.2f} us/call (median of {a.sustained_rounds} alternating rounds)")
+        runs = () if a.only_sustained else (("default", fake_pg_overhead),
+                                            ("full", full_capture_overhead))
+        for capture, fn in runs:
             b, t, d = fn(a.pairs, a.calls, os.path.join(out, capture))
             print(f"[fake pg, capture={capture:7s}] untraced {b:7.2f} us/call, traced {t:7.2f} "
                   f"us/call, added {d:+.2f} us/call (median of pair differences), "
                   f"ratio {t / b:.3f}")
-        print(f"[floor] a minimal Python wrapper (2 timestamps, dtype, numel, append) adds "
-              f"{wrapper_floor(a.calls):.2f} us/call on this machine")
+        if not a.only_sustained:
+            print(f"[floor] a minimal Python wrapper (2 timestamps, dtype, numel, append) adds "
+                  f"{wrapper_floor(a.calls):.2f} us/call on this machine")
         before, after, rec_rate = memory_growth(a.memory_events, os.path.join(out, "mem"))
         print(f"[memory] {a.memory_events:,} events traced at {rec_rate:,.0f} calls/s; peak RSS "
               f"{before:.0f} MiB -> {after:.0f} MiB (+{after - before:.0f} MiB)")
         rate = write_rate(a.write_events, os.path.join(out, "write"))
         print(f"[write] {a.write_events:,} events -> Parquet at {rate:,.0f} events/s")
         dist.destroy_process_group()
-        if not a.skip_gloo:
+        if not (a.skip_gloo or a.only_sustained):
             b, t, d = gloo_overhead(max(5, a.pairs // 3), a.calls // 4, os.path.join(out, "gloo"))
             print(f"[gloo 2 ranks] untraced {b:7.2f} us/call, traced {t:7.2f} us/call, added "
                   f"{d:+.2f} us/call, ratio {t / b:.3f} (noise on 2 cores is +-10-40 us)")

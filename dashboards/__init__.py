@@ -2,8 +2,10 @@
 
     dashboards.write_report(source, out_html, *, calibration=None, model=None, workload=None,
                             config=None, nccl_logs=None, title=None)
+    dashboards.export_perfetto(trace, out_json)   # Chrome trace-event JSON (Perfetto)
 """
 
+from ._perfetto import export_perfetto
 from ._report import write_report
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "export_perfetto"]

@@ -25,6 +25,8 @@ border-bottom:1px solid #e6e9ee;text-align:right} th{background:#f0f2f5;text-ali
 td.l,th.l{text-align:left} .plot{width:100%;min-height:380px}
 .kpi{display:inline-block;margin:0 22px 8px 0} .kpi b{display:block;font-size:20px}
 .kpi span{color:#5b6474;font-size:12px}
+ul.findings{font-size:14.5px;line-height:1.5;margin:6px 0;padding-left:20px}
+details summary{cursor:pointer;color:#2b59c3;font-size:12.5px}
 """
 
 # Collects errors and checks that every plot rendered; tests read #commscope-selfcheck.
@@ -59,8 +61,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def table_html(df: pd.DataFrame, max_rows: int = 200) -> str:
-    """A DataFrame as an escaped HTML table (first `max_rows` rows)."""
+def table_html(df: pd.DataFrame, max_rows: int = 200, collapse_rows: int = 15) -> str:
+    """A DataFrame as an escaped HTML table (first `max_rows` rows); tables longer than
+    `collapse_rows` rows are collapsed (a <details> element the reader opens)."""
     if df is None or df.empty:
         return "<p class='note'>(none)</p>"
     cols = list(df.columns)
@@ -76,7 +79,10 @@ def table_html(df: pd.DataFrame, max_rows: int = 200) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     more = (f"<p class='note'>{len(df) - max_rows:,} more rows not shown</p>"
             if len(df) > max_rows else "")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>{more}"
+    table = f"<table><tr>{head}</tr>{''.join(rows)}</table>{more}"
+    if len(df) > collapse_rows:
+        return (f"<details><summary>table ({len(df):,} rows)</summary>{table}</details>")
+    return table
 
 
 def _safe_json(obj: Any) -> str:

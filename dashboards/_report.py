@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .. import analysis
+from . import _insights
+from ._findings import comm_share_pct, findings
 from ._html import Page, esc, table_html
 
 __all__ = ["write_report", "MAX_TIMELINE_EVENTS", "MAX_HEATMAP_COLUMNS"]
@@ -33,8 +35,6 @@ def _run_label(path: str, ev: pd.DataFrame) -> str:
 
 def _overview(label: str, ev: pd.DataFrame, meta: list[dict]) -> dict:
     spans = ev.groupby("rank").agg(a=("t_start_ns", "min"), b=("t_end_ns", "max"))
-    busy = (ev["t_end_ns"] - ev["t_start_ns"]).groupby(ev["rank"]).sum()
-    share = float((busy / (spans["b"] - spans["a"]).clip(lower=1)).mean())
     m0 = meta[0] if meta else {}
     gpus = m0.get("gpus", {})
     gpu = (", ".join(sorted({g.get("name", "?") for g in gpus.get("gpus", [])})) or "?") \
@@ -44,7 +44,7 @@ def _overview(label: str, ev: pd.DataFrame, meta: list[dict]) -> dict:
             "hosts": ", ".join(sorted({str(m.get("host")) for m in meta})) or "?",
             "torch": v.get("torch"), "commscope": v.get("commscope"), "nccl": v.get("nccl"),
             "gpus": gpu, "duration_s": float((spans["b"] - spans["a"]).max() / 1e9),
-            "calls": int(len(ev)), "comm_share_pct": 100 * share}
+            "calls": int(len(ev)), "comm_share_pct": comm_share_pct(ev)}
 
 
 def _fig(**kw: Any) -> go.Figure:
@@ -145,11 +145,15 @@ def _latency(ev: pd.DataFrame, model: Any) -> tuple[go.Figure, go.Figure] | None
 
 def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any = None,
                  model: Any = None, workload: Any = None, config: Any = None,
-                 nccl_logs: Any = None, title: str | None = None) -> str:
+                 nccl_logs: Any = None, title: str | None = None,
+                 characterization: Any = None) -> str:
     """Write a self-contained HTML report of one trace folder or a list of them (compared side by
-    side). `calibration`: a cost model or its JSON path (curves and predictions); `model`,
-    `workload`, `config` (one per source, or one for all): predicted vs measured; `nccl_logs`:
-    NCCL debug logs (warnings, topology, transports). Returns the path written."""
+    side). It opens with Findings (sentences computed from the data, each linking to its
+    evidence). `calibration`: a cost model or its JSON path (curves and predictions); `model`,
+    `workload`, `config` (one per source, or one for all): predicted vs measured and the
+    advisor's what-if table; `nccl_logs`: NCCL debug logs (warnings, topology, transports);
+    `characterization`: the `commscope characterize` table (DataFrame or CSV path): TTFT, TPOT
+    and bytes per token vs prompt length, held-out model accuracy. Returns the path written."""
     sources = [os.fspath(s) for s in _as_list(source)]
     if isinstance(calibration, (str, os.PathLike)):
         calibration = analysis.CostModel.load(os.fspath(calibration))
@@ -165,6 +169,30 @@ def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any =
     page = Page(title or f"commscope report — {', '.join(r[1] for r in runs)}",
                 f"{sum(len(r[2]) for r in runs):,} events from {len(runs)} run(s). "
                 f"Times per rank; GB = 1e9 bytes; {analysis.BUSBW_DEFINITION}.")
+
+    char = _insights.load_characterization(characterization)
+    has_cfg = any(c is not None for *_, c in runs)
+    predicted = model is not None and workload is not None and has_cfg
+    anchors = {"time", "latency", "skew", "overlap"}
+    anchors |= {"compare"} if predicted else set()
+    anchors |= {"whatif"} if predicted and calibration is not None else set()
+    anchors |= {"characterization", "accuracy"} if char is not None and len(char) else set()
+    found = findings([(label, ev, cfg) for _, label, ev, _, cfg in runs], characterization=char,
+                     calibration=calibration, model=model, workload=workload)
+    _insights.findings_section(page, found, anchors)
+    if "whatif" in anchors:
+        label, cfg = max(((r[1], r[4]) for r in runs if r[4] is not None),
+                         key=lambda x: x[1].tp * x[1].pp * x[1].dp)
+        mine = None
+        if char is not None and len(char):
+            hit = char[(char["tp"] == cfg.tp) & (char["pp"] == cfg.pp)
+                       & (char["prompt_len"] == workload.prompt_len)]
+            mine = float(hit["measured_comm_us_per_token"].iloc[0]) if len(hit) else None
+        _insights.whatif_section(page, cfg.tp * cfg.pp * cfg.dp, model, workload, calibration,
+                                 cfg.label(), mine)
+    if "characterization" in anchors:
+        _insights.characterization_section(page, char)
+        _insights.accuracy_section(page, char, calibration)
 
     ov = pd.DataFrame([_overview(label, ev, meta) for _, label, ev, meta, _ in runs])
     s = page.section("overview", "Run overview")
@@ -215,10 +243,11 @@ def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any =
             page.figure(s, figs[0])
             page.figure(s, figs[1])
 
-    if model is not None and workload is not None and any(c is not None for *_, c in runs):
+    if predicted:
         s = page.section("compare", "Predicted vs measured")
         s.append("<p class='note'>Per rank; decode per generated token. Counts and bytes from "
-                 "analysis.predict_schedule, measured from the trace (analysis.compare).</p>")
+                 "analysis.predict_schedule, measured from the trace (analysis.compare); "
+                 "time_error_pct = (predicted - measured) / measured in %.</p>")
         for _, label, ev, _, cfg in runs:
             if cfg is None:
                 continue
@@ -229,7 +258,9 @@ def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any =
             fig.add_trace(go.Bar(x=key, y=c["predicted_count"], name="predicted"))
             fig.add_trace(go.Bar(x=key, y=c["measured_count"], name="measured"))
             page.figure(s, fig)
-            s.append(table_html(c.drop(columns="what")))
+            c = c.assign(time_error_pct=100 * c["time_error"]).drop(columns=["what",
+                                                                              "time_error"])
+            s.append(table_html(c))
 
     s = page.section("timeline", "Per-rank timeline")
     s.append(f"<p class='note'>Each bar is one call (zoom with the mouse). Traces with more "

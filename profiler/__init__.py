@@ -5,8 +5,10 @@ Public API::
     profiler.trace(out_dir, *, run_name=None, tags=None, capture="default", cuda_timing=True)
     profiler.phase(name, step=None)
     profiler.label_group(group, dim)
+    profiler.instrument(target, method, *, op, group=None, bytes_of=None)  # custom communicators
     profiler.parse_nccl_logs(paths)      # NCCL_DEBUG=INFO logs -> tables
     profiler.parse_nccl_tests(paths)     # nccl-tests *_perf output -> measurements
+    profiler.import_trace(paths, out_dir, *, format="auto", run_name=None)  # Kineto/FR/Inspector
     profiler.sweep(out_dir, ...)         # nccl-tests-like sweep, traced (spawns ranks)
 
 Importing this package does not import torch: the hooks import it when a session opens, and
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._import import TraceImportError, import_trace
+from ._instrument import instrument
 from ._nccl_log import NcclLog, NcclLogError, parse_nccl_logs
 from ._nccl_tests import parse_nccl_tests
 from ._phases import current_phase, label_group, phase
@@ -27,6 +31,7 @@ __all__ = [
     "trace",
     "phase",
     "label_group",
+    "instrument",
     "current_phase",
     "TraceSession",
     "SCHEMA_VERSION",
@@ -39,6 +44,8 @@ __all__ = [
     "NcclLogError",
     "sweep",
     "SWEEP_OPS",
+    "import_trace",
+    "TraceImportError",
 ]
 
 

@@ -25,4 +25,9 @@ def start() -> TraceSession:
                          capture=os.environ.get("COMMSCOPE_CAPTURE", "default"),
                          tags={"command": " ".join(sys.argv), "launched_by": "commscope run"})
         _session.open()
+        # Inference engines (vLLM, SGLang) send through their own communicators: hook them in
+        # every process the command starts, when (and only if) the engine gets imported.
+        from ._engines import install
+
+        install()
     return _session

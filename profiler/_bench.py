@@ -3,14 +3,24 @@
 Each rank runs, per op and message size (nccl-tests size S, doubling from min to max), `warmup`
 untimed-phase iterations then `iters` iterations tagged phase "bench" (step = size index). The
 trace is what `commscope calibrate` fits; `commscope bench` prints the nccl-tests-style table.
+
+On NCCL a call returns once its kernel is enqueued, so host time says nothing. There the timed
+iterations are timed as nccl-tests times them: a CUDA event before the first and after the last,
+one synchronize per size, and each call's device time = block time / iters, written into the
+trace rows' `gpu_duration_ns` when the trace is closed (`apply_device_times`). Hook-level CUDA
+events are off for the sweep so they add nothing to the block.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -18,7 +28,7 @@ import torch.multiprocessing as mp
 from ._phases import label_group, phase
 from ._session import trace
 
-__all__ = ["sweep", "SWEEP_OPS", "sweep_sizes"]
+__all__ = ["sweep", "SWEEP_OPS", "sweep_sizes", "per_call_ns", "apply_device_times"]
 
 SWEEP_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast", "send")
 
@@ -30,6 +40,45 @@ def sweep_sizes(min_bytes: int, max_bytes: int) -> list[int]:
         out.append(s)
         s *= 2
     return out
+
+
+def per_call_ns(block_ms: float, iters: int) -> int:
+    """Device time of one call (ns) from the CUDA-event time of a block of `iters` calls (ms,
+    as `torch.cuda.Event.elapsed_time` returns it)."""
+    if iters <= 0 or not block_ms >= 0:
+        raise ValueError(f"need iters > 0 and a non-negative block time, got {iters}, {block_ms}")
+    return int(round(block_ms * 1e6 / iters))
+
+
+def _row_ops(op: str) -> list[str]:
+    return ["send", "recv"] if op == "send" else [op]
+
+
+def apply_device_times(rank_dir: str, times: dict[tuple[str, int], int]) -> int:
+    """Write per-call device times into one rank's trace parts: `times[(sweep op, size
+    index)]` = ns per call goes to `gpu_duration_ns` of the timed rows (phase "bench", that
+    step, that op). Files are replaced atomically with their schema and metadata unchanged.
+    Returns the number of rows set."""
+    total = 0
+    for f in sorted(glob.glob(os.path.join(rank_dir, "part-*.parquet"))):
+        t = pq.read_table(f)
+        col = t.column("gpu_duration_ns").combine_chunks()
+        new, hit = col, pa.array([False] * len(t))
+        bench = pc.fill_null(pc.equal(t.column("phase"), "bench"), False)
+        for (op, step), ns in times.items():
+            m = pc.and_(pc.and_(bench, pc.fill_null(pc.equal(t.column("step"), step), False)),
+                        pc.is_in(t.column("op"), pa.array(_row_ops(op))))
+            new = pc.if_else(m, pa.scalar(int(ns), pa.int64()), new)
+            hit = pc.or_(hit, m)
+        n = pc.sum(hit).as_py() or 0
+        if n:
+            t = t.set_column(t.schema.get_field_index("gpu_duration_ns"),
+                             t.schema.field("gpu_duration_ns"), new)
+            tmp = f + ".tmp"
+            pq.write_table(t, tmp)
+            os.replace(tmp, f)
+            total += n
+    return total
 
 
 def _run_op(op: str, nbytes: int, n: int, rank: int, dtype: torch.dtype, dev: torch.device,
@@ -84,15 +133,28 @@ def _rank(rank: int, world: int, port: int, a: dict[str, Any]) -> None:
     label_group(None, "bench")
     dtype = getattr(torch, a["dtype"])
     bufs: dict = {}
-    with trace(a["out"], run_name=a["run_name"], tags={"bench": a}):
+    cuda = dev.type == "cuda"
+    device_ns: dict[tuple[str, int], int] = {}
+    session = trace(a["out"], run_name=a["run_name"], tags={"bench": a}, cuda_timing=False)
+    with session:
         for op in a["ops"]:
             for i, nbytes in enumerate(sweep_sizes(a["min_bytes"], a["max_bytes"])):
                 for _ in range(a["warmup"]):
                     _run_op(op, nbytes, world, rank, dtype, dev, bufs)
                 dist.barrier()
                 with phase("bench", step=i):
+                    if cuda:  # nccl-tests: events around the block, one synchronize per size
+                        start = torch.cuda.Event(enable_timing=True)
+                        end = torch.cuda.Event(enable_timing=True)
+                        start.record()
                     for _ in range(a["iters"]):
                         _run_op(op, nbytes, world, rank, dtype, dev, bufs)
+                    if cuda:
+                        end.record()
+                        end.synchronize()
+                        device_ns[(op, i)] = per_call_ns(start.elapsed_time(end), a["iters"])
+    if device_ns:
+        apply_device_times(session.rank_dir, device_ns)
     dist.destroy_process_group()
 
 

@@ -15,40 +15,46 @@ class GroupInfo(NamedTuple):
 
 
 class GroupRegistry:
-    """Maps whatever a caller passed as `group` to a group name, once per distinct object.
+    """Maps whatever a caller passed as `group` to its `GroupInfo`, once per distinct object.
 
-    Info is captured the first time a group is seen, so events of a group destroyed before the
-    next flush still get their size and ranks.
+    Rows hold the `GroupInfo` object itself: info is captured the first time a group is seen, so
+    events of a group destroyed before the next flush keep their size and ranks, and a group
+    name reused after destroy/re-init gets a new object (never the old group's size).
     """
 
     def __init__(self) -> None:
-        self._names: dict[Any, str] = {}
+        self._names: dict[Any, GroupInfo] = {}
         self.infos: dict[str, GroupInfo] = {}
 
     def clear(self) -> None:
-        """Forget object -> name mappings (after init/destroy_process_group reuse objects)."""
+        """Forget every group (after init/destroy_process_group, names and objects are reused)."""
         self._names.clear()
+        self.infos.clear()
 
     def resolve(self, group: Any) -> str:
-        """Group name for `group` (None = default group). Hot path: one dict lookup when cached."""
+        """Group name of `group` (None = default group)."""
+        return self.resolve_info(group).name
+
+    def resolve_info(self, group: Any) -> GroupInfo:
+        """Info of `group` (None = default group). Hot path: one dict lookup when cached."""
         try:
             return self._names[group]
         except KeyError:
             pass
         except TypeError:  # unhashable (a rank list): resolve every time, never cached
             return self._compute(group)
-        name = self._compute(group)
-        self._names[group] = name
-        return name
+        info = self._compute(group)
+        self._names[group] = info
+        return info
 
-    def _compute(self, group: Any) -> str:
+    def _compute(self, group: Any) -> GroupInfo:
         import torch.distributed as dist
 
         obj = group
         if obj is None:
             obj = dist.GroupMember.WORLD
             if obj is None:
-                return "?"
+                return _UNKNOWN
         if isinstance(obj, str):
             name = obj
         elif isinstance(obj, dist.ProcessGroup):
@@ -58,9 +64,11 @@ class GroupRegistry:
 
             name = funcol._resolve_group_name(obj)
             _auto_label_mesh(obj, name)
-        if name not in self.infos:
-            self.infos[name] = self._info(name, obj if isinstance(obj, dist.ProcessGroup) else None)
-        return name
+        info = self.infos.get(name)
+        if info is None:
+            info = self.infos[name] = self._info(
+                name, obj if isinstance(obj, dist.ProcessGroup) else None)
+        return info
 
     @staticmethod
     def _info(name: str, pg: Any) -> GroupInfo:
@@ -79,12 +87,16 @@ class GroupRegistry:
         except Exception:
             return GroupInfo(name, -1, (), None)
 
-    def global_rank(self, name: str, group_rank: int) -> int | None:
-        """Global rank of `group_rank` in group `name` (for group_src/group_dst arguments)."""
-        info = self.infos.get(name)
+    def global_rank(self, group: str | GroupInfo, group_rank: int) -> int | None:
+        """Global rank of `group_rank` in `group` (a GroupInfo or a group name), for
+        group_src/group_dst arguments."""
+        info = group if isinstance(group, GroupInfo) else self.infos.get(group)
         if info is None or not (0 <= group_rank < len(info.ranks)):
             return None
         return info.ranks[group_rank]
+
+
+_UNKNOWN = GroupInfo("?", -1, (), None)
 
 
 def _auto_label_mesh(obj: Any, name: str) -> None:

@@ -35,8 +35,11 @@ _TYPES = {"int8": "int8", "uint8": "uint8", "int32": "int32", "uint32": "uint32"
           "double": "float64", "bfloat16": "bfloat16", "f8e4m3": "float8_e4m3fn",
           "f8e5m2": "float8_e5m2", "int": "int32"}
 _TEST_RE = re.compile(r"Collective test starting: (\w+?)_perf|(\w+?)_perf\b")
-_DEVICE_RE = re.compile(r"#\s+Rank\s+(\d+)\s+Group\s+\d+\s+Pid\s+\d+\s+on\s+(\S+)\s+device\s+\d+"
-                        r"\s+\[[^\]]*\]\s+(.+?)\s*$")
+# `Group` is absent from older versions' device lines.
+_DEVICE_RE = re.compile(r"#\s+Rank\s+(\d+)\s+(?:Group\s+\d+\s+)?Pid\s+\d+\s+on\s+(\S+)\s+device"
+                        r"\s+\d+\s+\[[^\]]*\]\s+(.+?)\s*$")
+# `# nThread 1 nGpus 4 ...`: ranks per process, the fallback when no device lines are printed.
+_THREADS_RE = re.compile(r"nThread\s+(\d+)\s+nGpus\s+(\d+)")
 _TOKEN_RE = re.compile(r"^(-?\d+(\.\d+)?([eE][+-]?\d+)?|N/A|[A-Za-z][\w]*)$")
 _NCCL_MARK_RE = re.compile(r"NCCL (INFO|WARN) ")
 
@@ -81,6 +84,7 @@ class _Test:
         self.columns: list[str] | None = None
         self.pending: list[str] = []
         self.pending_line = 0
+        self.local_ranks: int | None = None
 
 
 def _header_columns(text: str) -> list[str] | None:
@@ -114,6 +118,10 @@ def parse_nccl_tests(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> 
                     m = _TEST_RE.search(s)
                     if m and "Collective test starting" in s:
                         test = _Test(_BINARIES.get(m.group(1), m.group(1)))
+                        continue
+                    t = _THREADS_RE.search(s)
+                    if t:
+                        test.local_ranks = int(t.group(1)) * int(t.group(2))
                         continue
                     d = _DEVICE_RE.match(s)
                     if d:
@@ -185,7 +193,7 @@ def _rows(test: _Test, toks: list[str], path: str, lineno: int) -> list[dict]:
         wrong = _num(block[3]) if len(block) > 3 else None
         root = base.get("root")
         out.append({
-            "collective": test.collective, "nranks": len(test.ranks) or None,
+            "collective": test.collective, "nranks": len(test.ranks) or test.local_ranks,
             "nodes": len(hosts) or None, "gpu": gpus[0] if len(gpus) == 1 else
             (",".join(gpus) or None),
             "dtype": _TYPES.get(base.get("type", ""), base.get("type")),

@@ -2,41 +2,42 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
 import os
-import secrets
-import signal
 import socket
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
-from ._clock import Agreement, agree, exchanges
+from ._clock import Agreement, agree
+from ._cuda_events import resolve_gpu_times
 from ._metadata import collect_metadata
-from ._recorder import RECORDER, R, X
+from ._recorder import RECORDER
+from ._rows import R, X
+from ._rundir import new_run_id, reserve_run_dir, write_metadata_file
 from ._schema import SCHEMA_VERSION
-from ._writer import Identity, resolve_gpu_times, rows_to_table, write_part
+from ._signals import OPEN as _OPEN
+from ._signals import install_exit_handlers, signals_deferred
+from ._writer import Identity, rows_to_table, write_part
+from ._writer_thread import WriterThread
 
 __all__ = ["TraceSession", "trace", "CAPTURE_MODES"]
 
 CAPTURE_MODES = ("default", "full")
-_OPEN: list[TraceSession] = []
-_signal_state: dict[str, Any] = {}
 
 
 class TraceSession:
     """One tracing session of one process. Use through `profiler.trace(...)`.
 
     Rows are buffered in memory and written as Parquet part files under
-    ``<out_dir>/<run_id>/rank_<NNNNN>/`` whenever `flush_events` rows are buffered or the first
-    call after `flush_interval_s` seconds; on leaving the block, at interpreter exit and on
-    SIGTERM. Parts are encoded on a writer thread (at most two in flight). A SIGKILL therefore
-    loses at most the rows recorded since the last flush plus the parts still being written:
-    at most 3 x `flush_events` rows.
+    ``<out_dir>/<run_id>/rank_<NNNNN>/`` whenever `flush_events` rows are buffered, every
+    `flush_interval_s` seconds from the writer thread (even while the traced thread is blocked),
+    on leaving the block, at interpreter exit and on SIGTERM. Parts are encoded on the writer
+    thread (at most two in flight). Calls in flight (entered and not returned, or async and not
+    yet waited on) are kept in ``part-<pid>-inflight.parquet`` with completion 'started', replaced
+    at every flush: a SIGKILL during a hang leaves the hung call on disk. A SIGKILL loses at most
+    the rows recorded since the last flush plus the parts still being written.
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, run_name: str | None = None,
@@ -60,9 +61,10 @@ class TraceSession:
         self.parts = 0
         self._buf: list = []
         self._carry: list = []
-        self._flush_deadline_ns = time.time_ns() + int(self.flush_interval_s * 1e9)
-        self._lock = threading.Lock()
-        self._candidate = run_name or os.environ.get("COMMSCOPE_RUN_ID") or _new_run_id()
+        self._lock = threading.Lock()         # one flush at a time
+        self._close_lock = threading.Lock()   # a second close waits for the first
+        self._ident_lock = threading.RLock()  # one agreement per session
+        self._candidate = run_name or os.environ.get("COMMSCOPE_RUN_ID") or new_run_id()
         self._agreement: Agreement | None = None
         self._ident: Identity | None = None
         self._meta: dict[str, Any] | None = None
@@ -70,7 +72,8 @@ class TraceSession:
         self._open = False
         self._closed = False
         self._t_open_ns: int | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._writer: WriterThread | None = None
+        self._inflight_on_disk = False
         self._pending_writes: list = []
         self._write_errors: list[str] = []
 
@@ -106,9 +109,13 @@ class TraceSession:
 
         self._open = True
         self._t_open_ns = time.time_ns()
+        self._writer = WriterThread(self.flush_interval_s, self._on_timer)
+        # NVML and version probing take tens of ms: done on the writer thread, never on a
+        # traced call (a rank paying for it at its first flush would look like a straggler).
+        self._writer.submit(collect_metadata)
         RECORDER.attach(self)
         _OPEN.append(self)
-        _install_exit_handlers()
+        install_exit_handlers()
         if self.capture == "full":
             from ._dispatch import CommDispatchMode
 
@@ -131,33 +138,29 @@ class TraceSession:
 
     def flush(self, blocking: bool = True, final: bool = False) -> int:
         """Write buffered, completed rows to a new part file; returns the number written."""
-        if not self._lock.acquire(blocking):
-            return 0
-        try:
-            with _signals_deferred():
+        with signals_deferred():  # a SIGTERM now is handled after the lock is released
+            if not self._lock.acquire(blocking):
+                return 0
+            try:
                 return self._flush_locked(final)
-        finally:
-            self._lock.release()
+            finally:
+                self._lock.release()
+
+    def _on_timer(self) -> None:
+        if self._open and not self._closed:
+            self.flush(blocking=False)
 
     def _flush_locked(self, final: bool) -> int:
         buf = self._buf
         n = len(buf)
         chunk = self._carry + buf[:n]
         del buf[:n]  # rows appended meanwhile by other threads stay in the buffer
-        self._flush_deadline_ns = time.time_ns() + int(self.flush_interval_s * 1e9)
-        if not chunk:
-            return 0
         ready, pending = [], []
         for row in chunk:
             if row[R.TEND] is not None:
                 ready.append(row)
             elif final:
-                x = list(row[R.X])
-                x[X.COMPLETION] = "unobserved"
-                row = list(row)  # shared with other sessions: do not mutate
-                row[R.TEND] = row[R.TRET]
-                row[R.X] = x
-                ready.append(row)
+                ready.append(_marked(row, "unobserved", end=row[R.TRET]))
             else:
                 pending.append(row)
         waiting = resolve_gpu_times(ready, final)
@@ -165,15 +168,28 @@ class TraceSession:
             ids = {id(r) for r in waiting}
             ready = [r for r in ready if id(r) not in ids]
         self._carry = pending + waiting
+        started = RECORDER.started_rows()
+        sync = final or (self._writer is not None and self._writer.on_thread())
+        if final:
+            self._wait_writer()  # queued jobs first: the in-flight file is removed last
+        if final:
+            ready += started  # calls still blocked at close (e.g. SIGTERM during a hang)
+            inflight = []
+        else:
+            inflight = started + [_marked(r, "started", end=None) for r in pending]
         if ready:
-            self._write(ready, sync=final)
+            self._write(ready, sync=sync)
+        if inflight or self._inflight_on_disk:
+            self._submit(self._write_inflight, (inflight,), sync)
+            self._inflight_on_disk = bool(inflight)
         return len(ready)
 
     def close(self) -> None:
-        """Stop recording and write everything; safe to call more than once."""
-        if self._closed or not self._open:
-            return
-        with _signals_deferred():
+        """Stop recording and write everything; safe to call more than once, from any thread
+        (a second caller waits until the first has written everything)."""
+        with signals_deferred(), self._close_lock:
+            if self._closed or not self._open:
+                return
             self._close()
 
     def _close(self) -> None:
@@ -187,76 +203,106 @@ class TraceSession:
         RECORDER.detach(self)
         if self in _OPEN:
             _OPEN.remove(self)
-        self.flush(blocking=False, final=True)
+        self.flush(final=True)  # waits for a flush running on another thread
         self._drain_writes()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._writer is not None:
+            self._writer.stop()
         if self.events_written or self._agreement is not None:
             self._write_metadata(final=True)
 
     # -- internals ----------------------------------------------------------------------------
     def _on_init_process_group(self) -> None:
-        """Called when the default group exists: agree on the run id and clocks with the others."""
-        if self._agreement is not None:
-            return
-        import torch.distributed as dist
+        """The default group exists: agree on the run id and clocks with the other ranks, on
+        the writer thread through the group's store (never collectives, never on the caller's
+        thread, so nothing runs inside init_process_group)."""
+        if self._agreement is None and self._writer is not None:
+            self._writer.submit(self._ensure_agreement)
 
-        with RECORDER.unrecorded():  # the agreement's own collectives are not user traffic
-            candidate = self._candidate
-            if dist.get_rank() == 0 or not exchanges():
-                candidate = _reserve_run_dir(self.out_dir, candidate, self.run_name is not None)
-            self._agreement = agree(candidate)
-        self._ident = None
+    def _ensure_agreement(self) -> None:
+        with self._ident_lock:
+            if self._agreement is not None:
+                return
+            named = self.run_name is not None
+            try:
+                with RECORDER.unrecorded():
+                    self._agreement = agree(
+                        self._candidate,
+                        lambda c: reserve_run_dir(self.out_dir, c, named))
+            except Exception as exc:  # a store gone or timed out: keep tracing on our own
+                self._agreement = Agreement(
+                    reserve_run_dir(self.out_dir, self._candidate, named), 0, 0,
+                    f"failed: {exc!r}"[:200])
+            self._ident = None
 
     def _identity(self) -> Identity:
-        if self._ident is None:
-            import torch.distributed as dist
+        with self._ident_lock:
+            if self._ident is None:
+                import torch.distributed as dist
 
-            if dist.is_available() and dist.is_initialized():
-                if self._agreement is None:
-                    self._on_init_process_group()
-                rank, world = dist.get_rank(), dist.get_world_size()
-                world_pg = dist.GroupMember.WORLD.group_name
-            else:
-                if self._agreement is None:
-                    self._candidate = _reserve_run_dir(self.out_dir, self._candidate,
-                                                       self.run_name is not None)
-                rank = int(os.environ.get("RANK", 0))
-                world = int(os.environ.get("WORLD_SIZE", 1))
-                world_pg = None
-            self._ident = Identity(self.run_id, rank, world, socket.gethostname(), os.getpid(),
-                                   world_pg)
-        return self._ident
+                if dist.is_available() and dist.is_initialized():
+                    self._ensure_agreement()
+                    rank, world = dist.get_rank(), dist.get_world_size()
+                    world_pg = dist.GroupMember.WORLD.group_name
+                else:
+                    if self._agreement is None:
+                        self._candidate = reserve_run_dir(self.out_dir, self._candidate,
+                                                          self.run_name is not None)
+                    rank = int(os.environ.get("RANK", 0))
+                    world = int(os.environ.get("WORLD_SIZE", 1))
+                    world_pg = None
+                self._ident = Identity(self.run_id, rank, world, socket.gethostname(),
+                                       os.getpid(), world_pg)
+            return self._ident
 
     def _write(self, rows: list, sync: bool) -> None:
-        ident = self._identity()  # on the caller's thread: it may agree with the other ranks
-        # Group infos as of this flush (the registry keeps growing while the writer works).
-        job = (rows, ident, dict(RECORDER.groups.infos), self.rank_dir,
-               f"part-{ident.pid}-{self.parts:05d}.parquet")
+        # Group infos as of this flush, for rows that name their group (the hooks' rows carry
+        # their GroupInfo); identity and folder are resolved on the writer thread.
+        groups = dict(RECORDER.groups.infos)
+        part, first = self.parts, self.parts == 0
+        self.parts += 1
+        self.events_written += len(rows)
+        self._submit(self._write_part, (rows, groups, part, first), sync)
+        if len(self._pending_writes) > 2:  # bound memory: at most two tables in flight
+            self._drain_writes(keep=2)
+
+    def _submit(self, fn: Any, args: tuple, sync: bool) -> None:
         fut = None
-        if not sync:
-            # Building and encoding the part on a writer thread keeps a flush from stalling the
-            # traced call for tens of milliseconds; Parquet encoding also runs without the GIL.
-            try:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="commscope-writer")
-                fut = self._executor.submit(_build_and_write, *job)
-            except RuntimeError:  # interpreter shutting down: no new threads
-                fut = None
-        if fut is None:
+        if not sync and self._writer is not None:
+            fut = self._writer.submit(fn, *args)
+        else:
             fut = Future()
             try:
-                fut.set_result(_build_and_write(*job))
+                fut.set_result(fn(*args))
             except Exception as exc:
                 fut.set_exception(exc)
         self._pending_writes.append(fut)
-        self.parts += 1
-        self.events_written += len(rows)
-        if self.parts == 1:
+
+    def _wait_writer(self) -> None:
+        """Wait until every job submitted so far (agreement, parts) has run."""
+        if self._writer is not None and not self._writer.on_thread() and \
+                self._writer.thread.is_alive():
+            self._writer.submit(lambda: None).result()
+        self._drain_writes()
+
+    def _write_part(self, rows: list, groups: dict, part: int, first: bool) -> str:
+        ident = self._identity()
+        path = write_part(rows_to_table(rows, ident, groups), self.rank_dir,
+                          f"part-{ident.pid}-{part:05d}.parquet")
+        if first:
             self._write_metadata(final=False)
-        if len(self._pending_writes) > 2:  # bound memory: at most two tables in flight
-            self._drain_writes(keep=2)
+        return path
+
+    def _write_inflight(self, rows: list) -> None:
+        ident = self._identity()
+        name = f"part-{ident.pid}-inflight.parquet"
+        if rows:
+            write_part(rows_to_table(rows, ident, dict(RECORDER.groups.infos)), self.rank_dir,
+                       name)
+        else:
+            try:
+                os.remove(os.path.join(self.rank_dir, name))
+            except FileNotFoundError:
+                pass
 
     def _drain_writes(self, keep: int = 0) -> None:
         while len(self._pending_writes) > keep:
@@ -271,7 +317,7 @@ class TraceSession:
     def _write_metadata(self, final: bool) -> None:
         ident = self._identity()
         if self._meta is None:
-            self._meta = collect_metadata()
+            self._meta = collect_metadata()  # cached: collected on the writer thread at open
         ag = self._agreement
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -294,17 +340,22 @@ class TraceSession:
             "flush_events": self.flush_events,
             "flush_interval_s": self.flush_interval_s,
         }
-        os.makedirs(self.rank_dir, exist_ok=True)
-        path = os.path.join(self.rank_dir, "metadata.json")
-        tmp = os.path.join(self.rank_dir, f".metadata-{ident.pid}.json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(meta, fh, indent=1, default=str)
-        os.replace(tmp, path)
+        write_metadata_file(self.rank_dir, ident.pid, meta)
 
 
-def _build_and_write(rows: list, ident: Identity, groups: dict, directory: str,
-                     name: str) -> str:
-    return write_part(rows_to_table(rows, ident, groups), directory, name)
+def _marked(row: list, completion: str, end: int | None) -> list:
+    """A copy of `row` with its completion and t_end_ns replaced (rows are shared between
+    sessions and still mutated by the hooks: never change them in place)."""
+    row = list(row)
+    x = row[R.X]
+    x = [None, completion, None, None, False, None, None, None] if x is None else list(x)
+    x[X.COMPLETION] = completion
+    # Never completed, so no end event: no device time (and the start event is not handed back
+    # to the pool, the original row may still hold it).
+    x[X.GPU] = None
+    row[R.TEND] = end
+    row[R.X] = x
+    return row
 
 
 def trace(out_dir: str | os.PathLike, *, run_name: str | None = None,
@@ -324,68 +375,3 @@ def trace(out_dir: str | os.PathLike, *, run_name: str | None = None,
     """
     return TraceSession(out_dir, run_name=run_name, tags=tags, capture=capture,
                         cuda_timing=cuda_timing, **options)
-
-
-def _new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def _reserve_run_dir(out_dir: str, run_id: str, named: bool) -> str:
-    """Claim `<out_dir>/<run_id>` (adding -2, -3, ... to a reused run name) by creating it."""
-    os.makedirs(out_dir, exist_ok=True)
-    candidate, k = run_id, 1
-    while True:
-        try:
-            os.mkdir(os.path.join(out_dir, candidate))
-            return candidate
-        except FileExistsError:
-            if not named and k > 100:
-                raise
-            k += 1
-            candidate = f"{run_id}-{k}"
-
-
-def _close_all() -> None:
-    for s in reversed(list(_OPEN)):
-        try:
-            s.close()
-        except Exception:
-            pass
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """While writing, a SIGTERM is held back until the write is done (else the part is lost)."""
-    _signal_state["flushing"] = _signal_state.get("flushing", 0) + 1
-    try:
-        yield
-    finally:
-        _signal_state["flushing"] -= 1
-        if not _signal_state["flushing"] and _signal_state.get("deferred"):
-            _on_sigterm(*_signal_state.pop("deferred"))
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    if _signal_state.get("flushing"):
-        # A flush is being written on this thread: dying now would lose it. Finish it first;
-        # its `finally` re-delivers the signal.
-        _signal_state["deferred"] = (signum, frame)
-        return
-    _close_all()
-    prev = _signal_state.get("prev")
-    if callable(prev):
-        prev(signum, frame)
-    elif prev != signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _install_exit_handlers() -> None:
-    if _signal_state.get("atexit") is None:
-        atexit.register(_close_all)
-        _signal_state["atexit"] = True
-    if "prev" not in _signal_state and threading.current_thread() is threading.main_thread():
-        try:
-            _signal_state["prev"] = signal.signal(signal.SIGTERM, _on_sigterm)
-        except (ValueError, OSError):
-            pass

@@ -10,10 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._cuda_events import resolve_gpu_times  # noqa: F401  (re-exported)
 from ._groups import GroupInfo
 from ._ops import GATHER_LIKE
 from ._phases import _LABELS
-from ._recorder import API_TABLE, R, X
+from ._rows import API_TABLE, R, X
 from ._schema import RANK_KEY, RUN_ID_KEY, arrow_schema
 
 __all__ = ["Identity", "rows_to_table", "write_part", "resolve_gpu_times"]
@@ -26,30 +27,6 @@ class Identity(NamedTuple):
     host: str
     pid: int
     world_pg: str | None   # name of the default group, labelled 'world'
-
-
-def resolve_gpu_times(rows: list, final: bool) -> list:
-    """Replace CUDA event pairs by durations where resolvable; return rows still waiting on the GPU.
-
-    Never synchronises the device: an unfinished event pair is carried to the next flush, except
-    at the final flush, where each remaining end event is waited for once.
-    """
-    waiting = []
-    for row in rows:
-        x = row[R.X]
-        if x is None or x[X.GPU] is None or isinstance(x[X.GPU], int):
-            continue
-        start, end = x[X.GPU]
-        if end is None:  # async call never waited: no end event on the stream
-            x[X.GPU] = None
-            continue
-        if not end.query():
-            if not final:
-                waiting.append(row)
-                continue
-            end.synchronize()
-        x[X.GPU] = int(round(start.elapsed_time(end) * 1e6))
-    return waiting
 
 
 def _factorize(values: tuple) -> tuple[np.ndarray, list]:  # values: non-empty
@@ -73,6 +50,12 @@ def _const(value: Any, n: int, typ: pa.DataType) -> pa.Array:
 
 
 def _num(values: tuple, typ: pa.DataType = pa.int64()) -> pa.Array:
+    """Integers (None = null) as an Arrow array; without nulls through numpy (~3x faster)."""
+    if typ == pa.int64():
+        try:
+            return pa.array(np.fromiter(values, np.int64, len(values)))
+        except TypeError:  # a None among them
+            pass
     return pa.array(values, typ)
 
 
@@ -106,10 +89,17 @@ def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> 
     api_names = [a[0] for a in API_TABLE]
     op_names = [a[1] for a in API_TABLE]
     captures = [a[2] for a in API_TABLE]
-    op_arr = np.array(op_names, dtype=object)[api_idx]
+    # Per-API facts looked up by the API index (a few entries, not one string per row).
+    api_op = np.array(op_names, dtype=object)
+    gather_like = np.isin(api_op, list(GATHER_LIKE))[api_idx]
+    is_rs = (api_op == "reduce_scatter")[api_idx]
+    is_ag = (api_op == "all_gather")[api_idx]
 
-    pg_codes, pg_uniq = _factorize(cols[R.PG])
-    infos = [groups.get(g) for g in pg_uniq]
+    # The group field holds the GroupInfo captured when the call was made (hooks), or a group
+    # name looked up in `groups` (rows built elsewhere).
+    pg_codes, pg_objs = _factorize(cols[R.PG])
+    infos = [g if isinstance(g, GroupInfo) else groups.get(g) for g in pg_objs]
+    pg_uniq = [g.name if isinstance(g, GroupInfo) else g for g in pg_objs]
     pg_size = np.array([i.size if i else -1 for i in infos], np.int64)[pg_codes]
 
     def dim_of(name: str) -> str | None:
@@ -122,8 +112,6 @@ def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> 
     esize = np.array([d.itemsize if d is not None else 0 for d in dt_uniq], np.int64)[dt_codes]
     dt_names = [None if d is None else str(d).removeprefix("torch.") for d in dt_uniq]
 
-    gather_like = np.isin(op_arr, list(GATHER_LIKE))
-    is_rs = op_arr == "reduce_scatter"
     count = _float(cols[R.COUNT])
     in_numel = _float(cols[R.IN])
     out_numel = _float(cols[R.OUT])
@@ -131,7 +119,7 @@ def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> 
     # Functional collectives leave what needs the group size to here.
     count = np.where(np.isnan(count) & is_rs, np.floor(in_numel / safe_size), count)
     out_numel = np.where(np.isnan(out_numel) & is_rs, count, out_numel)
-    out_numel = np.where(np.isnan(out_numel) & (op_arr == "all_gather"), count * safe_size,
+    out_numel = np.where(np.isnan(out_numel) & is_ag, count * safe_size,
                          out_numel)
     nbytes = count * esize * np.where(gather_like, safe_size, 1)
 
@@ -170,11 +158,11 @@ def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> 
         "t_wait_ns": extra["t_wait_ns"],
         "completion": extra["completion"],
         "gpu_duration_ns": extra["gpu_duration_ns"],
-        "gpu_start_ns": pa.nulls(n, pa.int64()),
-        "gpu_end_ns": pa.nulls(n, pa.int64()),
+        "gpu_start_ns": extra["gpu_start_ns"],
+        "gpu_end_ns": extra["gpu_end_ns"],
         "gpu_hidden_ns": pa.nulls(n, pa.int64()),
-        "source": _const("hooks", n, pa.string()),
-        "cuda_graph": pa.nulls(n, pa.string()),
+        "source": extra["source"],
+        "cuda_graph": extra["cuda_graph"],
         "phase": _decode(ph_codes, [p and p.name for p in ph_uniq], pa.string()),
         "phase_path": _decode(ph_codes, [p and p.path for p in ph_uniq], pa.string()),
         "step": _decode(ph_codes, [p and p.step for p in ph_uniq], pa.int64()),
@@ -191,7 +179,8 @@ _EXTRA_COLUMNS = (("t_wait_ns", X.TWAIT, pa.int64(), None),
                   ("async_op", X.ASYNC, pa.bool_(), False),
                   ("error", X.ERROR, pa.string(), None),
                   ("device", X.DEVICE, pa.string(), "cpu"),
-                  ("gpu_duration_ns", X.GPU, pa.int64(), None))
+                  ("source", X.SOURCE, pa.string(), "hooks"),
+                  ("cuda_graph", X.CUDA_GRAPH, pa.string(), None))
 
 
 def _extras(xs: tuple, n: int) -> dict[str, pa.Array]:
@@ -204,9 +193,22 @@ def _extras(xs: tuple, n: int) -> dict[str, pa.Array]:
             continue
         values = [default] * n
         for i in idx:
-            v = xs[i][k]
+            x = xs[i]
+            v = x[k] if k < len(x) else None
             values[i] = default if (v is None and default is not None) else v
         out[name] = pa.array(values, typ)
+    # Device times: X.GPU holds (start_ns, end_ns, duration_ns) once resolved (_cuda_events),
+    # or a bare duration from older producers.
+    gpu = [None] * n
+    for i in idx:
+        gpu[i] = xs[i][X.GPU]
+    for name, k in (("gpu_start_ns", 0), ("gpu_end_ns", 1), ("gpu_duration_ns", 2)):
+        if not idx:
+            out[name] = pa.nulls(n, pa.int64())
+            continue
+        out[name] = pa.array([g[k] if isinstance(g, tuple) else
+                              (g if k == 2 and isinstance(g, int) else None) for g in gpu],
+                             pa.int64())
     return out
 
 

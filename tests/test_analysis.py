@@ -106,16 +106,41 @@ def test_overlap():
     assert o["hidden_fraction"] == 0.55
 
 
-def test_find_mismatches_missing_and_bytes(two_collectives):
+def test_find_mismatches_two_ranks_disagree_without_inventing_a_culprit(two_collectives):
     assert analysis.find_mismatches(two_collectives).empty
     ev = two_collectives.copy()
-    ev.loc[3, "bytes"] = 8  # rank 1 disagrees at pg_seq 1
+    ev.loc[0, "bytes"] = 8  # rank 0 disagrees at pg_seq 0, where both arrived together
     m = analysis.find_mismatches(ev).iloc[0]
-    assert (m["pg_seq"], m["kind"], m["ranks"]) == (1, "bytes", [1])
-    assert m["expected"].startswith("all_reduce 4000000") or m["observed"].startswith("all_reduce 8")
-    missing = two_collectives.drop(index=3)  # rank 1 never issued pg_seq 1
-    m = analysis.find_mismatches(missing).iloc[0]
-    assert (m["pg_seq"], m["kind"], m["ranks"]) == (1, "missing", [1])
+    assert (m["pg_seq"], m["kind"], m["ranks"], m["expected"]) == (0, "bytes", [0, 1], None)
+    assert m["observed_by"] == "rank 0: all_reduce 8 B float32; rank 1: all_reduce 4000000 B float32"
+    assert m["suspect_ranks"] == [] and "no rank is blamed" in m["detail"]
+    assert "arrived last" not in m["detail"]
+
+
+def test_find_mismatches_two_ranks_timing_names_who_was_waited_for(two_collectives):
+    ev = two_collectives.copy()
+    ev.loc[2, "bytes"] = 8  # rank 0 disagrees at pg_seq 1, where rank 1 arrived 5 ms late
+    m = analysis.find_mismatches(ev).iloc[0]
+    assert (m["pg_seq"], m["kind"], m["ranks"], m["expected"]) == (1, "bytes", [0, 1], None)
+    assert m["suspect_ranks"] == [1]
+    assert "rank 1 arrived last (host time): rank 0 waited 5.000 ms" in m["detail"]
+
+
+def test_find_mismatches_majority_and_missing():
+    def inst(rank, nbytes, seq=0):
+        return _ev(rank=rank, seq=seq, pg_seq=seq, op="all_reduce", bytes=nbytes, pg_size=3,
+                   pg_ranks=[0, 1, 2], t_start_ns=0, t_end_ns=MS)
+
+    # Rank 2's signature sorts first ("... 1000 B" < "... 4000000 B") yet it is the minority.
+    ev = _frame([inst(0, 4_000_000), inst(1, 4_000_000), inst(2, 1000)])
+    m = analysis.find_mismatches(ev).iloc[0]
+    assert (m["kind"], m["ranks"], m["suspect_ranks"]) == ("bytes", [2], [2])
+    assert (m["expected"], m["observed"]) == ("all_reduce 4000000 B float32",
+                                              "all_reduce 1000 B float32")
+    ev = _frame([inst(0, 64), inst(1, 64), inst(2, 64), inst(0, 64, 1), inst(2, 64, 1)])
+    m = analysis.find_mismatches(ev).iloc[0]
+    assert (m["pg_seq"], m["kind"], m["ranks"], m["observed"]) == (1, "missing", [1], "no call")
+    assert m["pg_ranks"] == [0, 1, 2] and m["expected"] == "all_reduce 64 B float32"
 
 
 def test_summarize_percentiles_and_share(two_collectives):
@@ -133,3 +158,23 @@ def test_summarize_percentiles_and_share(two_collectives):
 def test_size_bucket_labels():
     labels, _ = analysis.size_bucket(pd.Series([0, 1, 1000, 1024, 1025, 3 << 20]))
     assert labels.tolist() == ["0B", "<=1B", "<=1KiB", "<=1KiB", "<=2KiB", "<=4MiB"]
+
+
+def test_stragglers_with_a_missing_call_host_and_device_paths_agree():
+    def inst(rank, seq, start_ms):
+        return _ev(rank=rank, seq=seq, pg_seq=seq, op="all_reduce", bytes=64, pg_size=3,
+                   pg_ranks=[0, 1, 2], t_start_ns=start_ms * MS, t_end_ns=20 * MS)
+
+    # Rank 1 never issues pg_seq 1: its totals cannot come from the group's sums.
+    ev = _frame([inst(0, 0, 0), inst(1, 0, 2), inst(2, 0, 1), inst(0, 1, 10), inst(2, 1, 14)])
+    expected = {"rank": [2, 1, 0], "collectives": [2, 1, 2], "times_last": [1, 1, 0],
+                "wait_imposed_ns": [4 * MS, 3 * MS, 0], "wait_total_ns": [1 * MS, 0, 6 * MS]}
+    s = analysis.stragglers(ev)
+    assert s[list(expected)].to_dict("list") == expected
+    assert set(s["time_basis"]) == {"host"}
+    # The same starts as device times (host times all equal) take the row-join path.
+    dev = ev.assign(gpu_start_ns=ev["t_start_ns"], gpu_end_ns=ev["t_end_ns"],
+                    t_start_ns=pd.array([0] * len(ev), dtype="Int64"))
+    s = analysis.stragglers(dev)
+    assert s[list(expected)].to_dict("list") == expected
+    assert set(s["time_basis"]) == {"device"}

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from commscope import analysis
 from tests import workers
 from tests.distributed import run_ranks
 
 MS = 1_000_000
+
+
+def _set_offset(run_dir, rank: int, offset_ns: int) -> None:
+    """Make rank `rank` look as if its clock ran `offset_ns` ahead of rank 0's (gloo ranks on
+    one host share a clock): every time column of its part files moves by the offset, which
+    metadata.json records, so every analysis must subtract it again."""
+    import pyarrow.compute as pc
+
+    folder = run_dir / f"rank_{rank:05d}"
+    for part in folder.glob("*.parquet"):
+        t = pq.read_table(part)
+        for c in ("t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns", "gpu_start_ns",
+                  "gpu_end_ns"):
+            if c in t.column_names:
+                i = t.column_names.index(c)
+                t = t.set_column(i, c, pc.add(t.column(c), pa.scalar(offset_ns, pa.int64())))
+        pq.write_table(t, part)
+    meta = folder / "metadata.json"
+    m = json.loads(meta.read_text())
+    m["clock_offset_ns"] = m.get("clock_offset_ns", 0) + offset_ns
+    meta.write_text(json.dumps(m))
 
 
 def test_straggler_is_named_and_skew_is_on_exactly_those_instances(tmp_path):
@@ -54,43 +81,39 @@ def test_hang_leaves_complete_trace_and_mismatch_names_missing_rank(tmp_path):
     assert row["expected"] == "all_reduce 64 B float32"
 
 
-def test_duckdb_engine_equals_pandas(tmp_path):
-    """The out-of-core path gives the same numbers as the in-memory one on a real trace."""
-    import pandas as pd
-
+def test_frame_and_path_agree_with_a_clock_offset(tmp_path):
+    """A real trace whose rank 1 clock is 500 ms ahead: the DataFrame from load_events and the
+    trace path give identical results for every analysis."""
     run_ranks(workers.all_ops_worker, 2, str(tmp_path))
     path = tmp_path / "all_ops"
+    _set_offset(path, 1, 500 * MS)
     ev = analysis.load_events(path)
-    a = analysis.match_collectives(ev)
-    b = analysis.match_collectives(str(path))
-    cols = ["pg_name", "pg_seq", "op", "bytes", "ranks_seen", "start_skew_ns", "last_rank",
-            "transfer_ns", "src", "dst"]
-    key = ["pg_name", "pg_seq", "src"]
-    a = a.sort_values(key).reset_index(drop=True)[cols]
-    b = b.sort_values(key).reset_index(drop=True)[cols]
-    assert len(a) == len(b) == 27
-    for c in cols:
-        assert [None if pd.isna(x) else x for x in a[c]] == \
-            [None if pd.isna(x) else x for x in b[c]], c
-    sa = analysis.stragglers(ev)
-    sb = analysis.stragglers(str(path))
-    assert sa.to_dict("list") == sb.to_dict("list")
-    ua = analysis.summarize(ev).set_index(["phase", "op", "pg_dim", "pg_size", "size_bucket"])
-    ub = analysis.summarize(str(path)).set_index(["phase", "op", "pg_dim", "pg_size",
-                                                  "size_bucket"])
-    assert sorted(ua.index) == sorted(ub.index)
-    for c in ("calls", "bytes_total", "total_time_us", "p50_us", "p90_us", "p99_us",
-              "share_of_wall"):
-        assert (ua[c] - ub.loc[ua.index, c]).abs().max() < 1e-6, c
+    parts = sorted((path / "rank_00001").glob("*.parquet"))
+    recorded = pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("seq") \
+        .column("t_start_ns").to_pylist()
+    offset = json.loads((path / "rank_00001" / "metadata.json").read_text())["clock_offset_ns"]
+    assert offset >= 500 * MS  # the shift made above plus the offset estimated when tracing
+    assert ev[ev["rank"] == 1]["t_start_ns"].tolist() == [t - offset for t in recorded]
+    m = analysis.match_collectives(ev)
+    assert len(m) == 27 and (m["start_skew_ns"] < 250 * MS).all()
+    for fn in (analysis.match_collectives, analysis.stragglers, analysis.summarize,
+               analysis.overlap, analysis.collective_waits, analysis.find_mismatches):
+        pd.testing.assert_frame_equal(fn(ev), fn(str(path)))
 
 
-def test_duckdb_overlap_and_mismatches_equal_pandas(tmp_path):
+def test_overlap_and_mismatches_frame_equals_path_with_offset(tmp_path):
     run_ranks(workers.overlap_worker, 2, str(tmp_path))
     path = tmp_path / "overlap"
-    a = analysis.overlap(analysis.load_events(path))
+    _set_offset(path, 1, 500 * MS)
+    ev = analysis.load_events(path)
+    a = analysis.overlap(ev)
     b = analysis.overlap(str(path))
     for c in ("count", "waited", "total_ns", "window_ns", "exposed_ns", "hidden_ns"):
         assert a[c].tolist() == b[c].tolist(), c
+    ma, mb = analysis.match_collectives(ev), analysis.match_collectives(str(path))
+    pd.testing.assert_frame_equal(ma, mb)
+    # The pair's skew is the true one, far under the 500 ms a missed shift would add.
+    assert len(ma) == 1 and ma.iloc[0]["start_skew_ns"] < 250 * MS
     run_ranks(workers.mismatch_worker, 2, str(tmp_path), timeout_s=3, expect_failure=True)
     mm = analysis.find_mismatches(str(tmp_path / "mismatch"))
     row = mm.iloc[0]

@@ -71,6 +71,8 @@ def test_label_group_applies_to_events_before_the_label(tmp_path):
 
 def test_hooks_restored_and_nested_sessions(tmp_path):
     orig = dist.all_reduce
+    work_type = type(dist.all_reduce(torch.ones(1), async_op=True))
+    orig_wait, orig_is_completed = work_type.wait, work_type.is_completed
     with profiler.trace(tmp_path / "outer") as outer:
         assert dist.all_reduce is not orig
         dist.all_reduce(torch.ones(1))
@@ -78,10 +80,13 @@ def test_hooks_restored_and_nested_sessions(tmp_path):
             dist.all_reduce(torch.ones(2))
         assert dist.all_reduce is not orig  # still tracing for the outer session
         dist.all_reduce(torch.ones(3))
+        dist.all_reduce(torch.ones(4), async_op=True).wait()
+        assert work_type.wait is not orig_wait  # patched while tracing async work
     assert dist.all_reduce is orig
     assert dist.distributed_c10d.all_reduce is orig
-    assert type(dist.all_reduce(torch.ones(1), async_op=True)).wait.__name__ == "wait"
-    assert _events(outer)["count"].tolist() == [1, 2, 3]
+    # torch's own Work methods are back, the very same objects.
+    assert work_type.wait is orig_wait and work_type.is_completed is orig_is_completed
+    assert _events(outer)["count"].tolist() == [1, 2, 3, 4]
     assert _events(inner)["count"].tolist() == [2]
     # Repeated use: a second session after the first starts numbering again.
     with profiler.trace(tmp_path / "again") as again:
@@ -110,19 +115,42 @@ def test_async_handle_never_waited_is_marked_unobserved(tmp_path):
     with profiler.trace(tmp_path) as s:
         w = dist.all_reduce(torch.ones(4), async_op=True)
         done = dist.all_reduce(torch.ones(5), async_op=True)
-        assert done.is_completed() in (True, False)
+        assert done.is_completed() is False  # the fake backend's work never completes by itself
         done.wait()
     df = _events(s)
-    assert df["completion"].tolist()[0] == "unobserved"
+    assert df["completion"].tolist() == ["unobserved", "wait"]
     assert df["t_end_ns"].iloc[0] == df["t_return_ns"].iloc[0]
-    assert df["completion"].tolist()[1] in ("is_completed", "wait")
+    assert df["t_wait_ns"].iloc[1] >= df["t_return_ns"].iloc[1]
     del w
+
+
+def test_never_waited_async_work_is_bounded_and_recorded_unobserved(tmp_path):
+    """Issue 14 item 5: work never waited on is let go past MAX_PENDING (not held forever, not
+    rescanned at every flush) and recorded with completion 'unobserved'."""
+    from commscope.profiler._work import MAX_PENDING
+
+    n = MAX_PENDING + 1000
+    with profiler.trace(tmp_path, flush_events=512) as s:
+        works = [dist.all_reduce(torch.ones(1), async_op=True) for _ in range(n)]
+        assert len(RECORDER.pending) == MAX_PENDING
+        ids = set(RECORDER.pending)
+        assert id(works[0]) not in ids and id(works[-1]) in ids  # the oldest went first
+        s.flush()
+        assert len(s._carry) == MAX_PENDING  # only calls still tracked are carried
+    assert RECORDER.pending == {}
+    df = _events(s)
+    assert len(df) == n
+    assert (df["completion"] == "unobserved").all()
+    assert (df["t_end_ns"] == df["t_return_ns"]).all()
 
 
 def test_threads_record_every_call_once(tmp_path):
     n_threads, n_calls = 4, 300
 
+    started = threading.Barrier(n_threads)
+
     def work():
+        started.wait()  # all alive at once: thread idents are not reused
         for _ in range(n_calls):
             dist.all_reduce(torch.ones(1))
 

@@ -3,6 +3,9 @@ traces agree exactly (counts and bytes) with the predicted schedule."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from commscope import analysis
@@ -28,3 +31,14 @@ def test_same_tokens_and_exact_schedule(tmp_path, reference, tp, pp):
     assert set(c["status"]) == {"matched"}
     assert (c["count_error"].abs() < 1e-12).all()
     assert (ev.loc[ev["phase"] == "decode", "step"].nunique()) == W.output_len - 1
+
+
+def test_no_library_warnings(tmp_path):
+    # -W error reaches the spawned ranks (multiprocessing passes interpreter flags on): a
+    # deprecated torch call (FutureWarning) would fail a rank.
+    r = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-W",
+                        "error::DeprecationWarning:torch", "-m", "commscope.models.llama",
+                        "--tp", "2", "--out", str(tmp_path), "--prompt", "4", "--output", "3"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Warning" not in r.stderr and "trace:" in r.stdout

@@ -2,47 +2,29 @@
 
 from __future__ import annotations
 
-import json
-
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from commscope import analysis
-from commscope.profiler._groups import GroupInfo
-from commscope.profiler._phases import PhaseFrame
-from commscope.profiler._recorder import API_TABLE, _register_api
-from commscope.profiler._writer import Identity, rows_to_table, write_part
-
-
-def _row(api_idx, seq, t0, count, phase=None):
-    import torch
-
-    return (api_idx, t0, t0 + 1000, t0 + 900, torch.float32, count, count, count, "0", seq, seq,
-            phase, 1, None)
+from tests.analysis_fixtures import row, write_rank
 
 
 def _write_rank(run_dir, rank, offset_ns, n=3, t0=1_000_000):
-    idx = _register_api("all_reduce", "all_reduce")
-    assert API_TABLE[idx][1] == "all_reduce"
-    ident = Identity("run", rank, 2, "host", 100 + rank, "0")
-    rows = [_row(idx, i, t0 + offset_ns + 10_000 * i, 4 * (i + 1), PhaseFrame("decode", "decode", i))
-            for i in range(n)]
-    table = rows_to_table(rows, ident, {"0": GroupInfo("0", 2, (0, 1), "gloo")})
-    d = run_dir / f"rank_{rank:05d}"
-    write_part(table, str(d), "part-1-00000.parquet")
-    (d / "metadata.json").write_text(json.dumps({"run_id": "run", "rank": rank,
-                                                 "clock_offset_ns": offset_ns}))
+    rows = [row(seq=i, pg_seq=i, op="all_reduce", bytes=16 * (i + 1), step=i,
+                t_start_ns=t0 + 10_000 * i, t_end_ns=t0 + 10_000 * i + 1000,
+                t_return_ns=t0 + 10_000 * i + 900) for i in range(n)]
+    write_rank(run_dir, rank, rows, offset_ns=offset_ns)
 
 
 def test_clock_offsets_are_subtracted(tmp_path):
     _write_rank(tmp_path / "run", 0, 0)
     _write_rank(tmp_path / "run", 1, 5_000_000)  # rank 1's clock runs 5 ms ahead
     df = analysis.load_events(tmp_path / "run")
-    a = df[df["rank"] == 0]["t_start_ns"].tolist()
-    b = df[df["rank"] == 1]["t_start_ns"].tolist()
-    assert a == b == [1_000_000, 1_010_000, 1_020_000]
+    for c, extra in (("t_start_ns", 0), ("t_return_ns", 900), ("t_end_ns", 1000)):
+        a = df[df["rank"] == 0][c].tolist()
+        b = df[df["rank"] == 1][c].tolist()
+        assert a == b == [1_000_000 + extra, 1_010_000 + extra, 1_020_000 + extra], c
     assert df["bytes"].tolist() == [16, 32, 48, 16, 32, 48]
     assert df["step"].tolist() == [0, 1, 2, 0, 1, 2]
 
@@ -108,8 +90,8 @@ def test_metadata_loader(tmp_path):
     _write_rank(tmp_path / "run", 0, 0)
     _write_rank(tmp_path / "run", 1, 7)
     meta = analysis.load_metadata(tmp_path / "run")
-    assert sorted(m["clock_offset_ns"] for m in meta) == [0, 7]
-    assert isinstance(pd.DataFrame(meta), pd.DataFrame)
+    assert sorted((m["rank"], m["clock_offset_ns"]) for m in meta) == [(0, 0), (1, 7)]
+    assert {m["run_id"] for m in meta} == {"run"}
 
 
 def test_committed_sample_trace_loads():

@@ -121,9 +121,20 @@ def test_no_import_cycles():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> str:
+    import shutil
+
+    # Build from a copy of what the wheel is made of: a build in the checkout would leave an
+    # egg-info folder there (which then shadows the installed entry points).
+    src = tmp_path_factory.mktemp("src")
+    for name in (*PACKAGE_DIRS.values(), "pyproject.toml", "README.md"):
+        p = os.path.join(ROOT, name)
+        if os.path.isdir(p):
+            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(p, src / name)
     out = tmp_path_factory.mktemp("wheel")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out),
-                        ROOT], capture_output=True, text=True, timeout=600)
+                        str(src)], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         pytest.fail(f"building the wheel failed:\n{r.stdout}\n{r.stderr}")
     (whl,) = [os.path.join(out, f) for f in os.listdir(out) if f.endswith(".whl")]

@@ -71,17 +71,32 @@ def test_tp_x_pp():
 
 
 def test_2d_tp_even_and_uneven():
+    # 2x2 grid, per sublayer (8 per step): reduce_scatter + all_gather of T*h*b in the row group,
+    # all_reduce of each half of the hidden dim (T*h*b/2) in its column group.
     even = _rows(ParallelConfig(tp2d=TP2D.grid(2, 2)))
     assert even == {
-        ("prefill", "all_gather", "tp_row", 2, 2048): 8,
-        ("prefill", "reduce_scatter", "tp_col", 2, 2048): 8,
-        ("decode", "all_gather", "tp_row", 2, 256): 8,
-        ("decode", "reduce_scatter", "tp_col", 2, 256): 8,
+        ("prefill", "reduce_scatter", "tp_row", 2, 4096): 8,
+        ("prefill", "all_gather", "tp_row", 2, 4096): 8,
+        ("prefill", "all_reduce", "tp_col", 2, 2048): 8,
+        ("decode", "reduce_scatter", "tp_row", 2, 512): 8,
+        ("decode", "all_gather", "tp_row", 2, 512): 8,
+        ("decode", "all_reduce", "tp_col", 2, 256): 8,
     }
-    uneven = _rows(ParallelConfig(tp2d=TP2D(rows=(4, 2), cols=(2, 2, 2))))
-    assert uneven[("prefill", "all_gather", "tp_row", 4, 4096 // 3)] == pytest.approx(8 * 4 / 6)
-    assert uneven[("prefill", "all_gather", "tp_row", 2, 4096 // 3)] == pytest.approx(8 * 2 / 6)
-    assert uneven[("prefill", "reduce_scatter", "tp_col", 2, 4096 // 2)] == 8
+    # Rows (4, 2): 4 of 6 ranks in a 4-rank row group, 2 in a 2-rank one; hidden quarters owned
+    # by (0, 4), (1, 4), (2, 5), (3, 5): 8 column-group calls of T*h*b/4 per sublayer, 6 ranks.
+    uneven = _rows(ParallelConfig(tp2d=TP2D(rows=(4, 2))))
+    assert uneven == pytest.approx({
+        ("prefill", "reduce_scatter", "tp_row", 4, 4096): 8 * 4 / 6,
+        ("prefill", "all_gather", "tp_row", 4, 4096): 8 * 4 / 6,
+        ("prefill", "reduce_scatter", "tp_row", 2, 4096): 8 * 2 / 6,
+        ("prefill", "all_gather", "tp_row", 2, 4096): 8 * 2 / 6,
+        ("prefill", "all_reduce", "tp_col", 2, 1024): 8 * 8 / 6,
+        ("decode", "reduce_scatter", "tp_row", 4, 512): 8 * 4 / 6,
+        ("decode", "all_gather", "tp_row", 4, 512): 8 * 4 / 6,
+        ("decode", "reduce_scatter", "tp_row", 2, 512): 8 * 2 / 6,
+        ("decode", "all_gather", "tp_row", 2, 512): 8 * 2 / 6,
+        ("decode", "all_reduce", "tp_col", 2, 128): 8 * 8 / 6,
+    })
 
 
 def test_ep():
@@ -133,5 +148,12 @@ def test_advise_validity_and_ranking():
     assert set(invalid["config"]) >= {"TP=4", "PP=4"}
     assert "heads not divisible" in invalid.set_index("config").loc["TP=4", "why"]
     assert list(valid["rank"]) == list(range(1, len(valid) + 1))
-    assert valid["decode_us_per_token"].is_monotonic_increasing
+    # Hand-derived decode times (cost model t = 5n + S/1000 us; sends priced as a 2-rank
+    # all_gather of 2S): all_reduce of 512 B = 10.512, logits all_gather of 800 B = 10.8, PP
+    # activations 2 x 0.5 x 11.024 plus token ids 2 x 0.5 x 10.032.
+    ar, ag, pp = 10.512, 10.8, 11.024 + 10.032
+    expected = [("DP=4", 0.0), ("PP=2 x DP=2", pp), ("TP=2 x PP=2", 6.5 * ar + ag / 2 + pp),
+                ("TP=2 x DP=2", 13 * ar + ag)]
+    assert list(valid["config"]) == [c for c, _ in expected]
+    assert list(valid["decode_us_per_token"]) == pytest.approx([t for _, t in expected])
     assert all(isinstance(w, str) and "per token" in w for w in valid["why"])

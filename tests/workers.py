@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -211,7 +213,8 @@ def exception_worker(rank: int, world: int, out_dir: str) -> None:
 
 
 def sigkill_worker(rank: int, world: int, out_dir: str) -> None:
-    session = profiler.trace(out_dir, run_name="killed", flush_events=10)
+    # No timed flush during the test: rank 1 must lose exactly its unflushed buffer.
+    session = profiler.trace(out_dir, run_name="killed", flush_events=10, flush_interval_s=600)
     session.open()
     for _i in range(35):
         dist.all_reduce(torch.ones(4))
@@ -315,3 +318,117 @@ def mismatch_worker(rank: int, world: int, out_dir: str) -> None:
     if rank == 1:
         time.sleep(5)  # stay alive past rank 0's timeout, as a hung peer would
     os._exit(0)
+
+
+# --- issue 14: recording must not lose or hang -------------------------------------------------
+
+def sigterm_in_flush_worker(rank: int, world: int, out_dir: str) -> None:
+    """Rank 1 gets SIGTERM while its second flush is being written (on the main thread); an
+    async call never waited on is carried from flush to flush."""
+    session = profiler.trace(out_dir, run_name="term_in_flush", flush_events=5,
+                             flush_interval_s=600)
+    session.open()
+    if rank == 1:
+        orig, calls = session._flush_locked, []
+
+        def flush_then_signal(final):
+            calls.append(final)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled while this flush runs
+            return orig(final)
+
+        session._flush_locked = flush_then_signal
+    dist.all_reduce(torch.ones(4), async_op=True)  # never waited: carried
+    for _ in range(9):
+        dist.all_reduce(torch.ones(4))
+    session.close()
+
+
+def sigterm_while_thread_flushes_worker(rank: int, world: int, out_dir: str) -> None:
+    """Rank 1: a user thread is flushing when SIGTERM reaches the main thread."""
+    session = profiler.trace(out_dir, run_name="term_thread", flush_events=5,
+                             flush_interval_s=600)
+    session.open()
+    if rank == 1:
+        orig = session._flush_locked
+
+        def slow_flush(final):
+            if threading.current_thread() is not threading.main_thread() and not final:
+                os.kill(os.getpid(), signal.SIGTERM)  # the main thread handles it meanwhile
+                time.sleep(1.0)
+            return orig(final)
+
+        session._flush_locked = slow_flush
+
+    def work():
+        dist.all_reduce(torch.ones(4), async_op=True)  # never waited: carried
+        for _ in range(4):
+            dist.all_reduce(torch.ones(4))
+
+    t = threading.Thread(target=work)
+    t.start()
+    while t.is_alive():
+        t.join(0.05)
+    time.sleep(3)  # a process that survived the SIGTERM carries on and exits 0
+    session.close()
+
+
+def hang_worker(rank: int, world: int, out_dir: str) -> None:
+    """Rank 1 skips the third all_reduce and stays alive: rank 0 blocks in it (a hang)."""
+    with profiler.trace(out_dir, run_name="hang", flush_interval_s=0.3):
+        for i in range(3):
+            if rank == 1 and i == 2:
+                break
+            dist.all_reduce(torch.ones(16))
+    if rank == 1:
+        open(os.path.join(out_dir, "rank1_done"), "w").close()
+        time.sleep(600)  # killed by the test
+
+
+def lazy_agreement_worker(rank: int, world: int, out_dir: str) -> None:
+    """init_process_group bound by name before tracing started (not hooked): the agreement
+    happens later, at different moments on each rank (rank 0 flushes after every call)."""
+    init = dist.distributed_c10d.init_process_group  # torch's own: imported before tracing
+    with profiler.trace(out_dir, run_name="lazy", flush_events=1 if rank == 0 else 1000):
+        init("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=30))
+        for _ in range(6):
+            dist.all_reduce(torch.ones(4))
+
+
+def init_under_trace_worker(rank: int, world: int, out_dir: str) -> None:
+    """init_process_group called while tracing: commscope issues no collective on the group."""
+    with profiler.trace(out_dir, run_name="init_traced") as session:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        pg = dist.distributed_c10d._get_default_group()
+        seq_after_init = pg._get_sequence_number_for_group()
+        dist.all_reduce(torch.ones(2))
+        seq_after_one = pg._get_sequence_number_for_group()
+    with open(os.path.join(out_dir, f"seq_{rank}.txt"), "w") as fh:
+        fh.write(f"{seq_after_init} {seq_after_one} {session.run_dir}")
+
+
+def reinit_worker(rank: int, world: int, out_dir: str) -> None:
+    """Default group "0" of 2 ranks, destroyed; each process re-inits its own 1-rank group,
+    again named "0"."""
+    with profiler.trace(out_dir, run_name="reinit"):
+        dist.all_gather_into_tensor(torch.empty(3 * world), torch.ones(3))
+        dist.destroy_process_group()
+        dist.init_process_group("gloo", init_method=f"file://{out_dir}/store_{rank}", rank=0,
+                                world_size=1)
+        dist.all_gather_into_tensor(torch.empty(3), torch.ones(3))
+
+
+def new_group_under_trace_worker(rank: int, world: int, out_dir: str) -> None:
+    """Groups created right after a trace opens: the run-id/clock agreement runs on the writer
+    thread through the same store that new_group's rendezvous uses on this thread (sharing one
+    store client deadlocked both ranks). A deadlock exits the process instead of hanging."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(90, exit=True)
+    try:
+        with profiler.trace(out_dir, run_name="newgroup"):
+            for _ in range(3):
+                group = dist.new_group(list(range(world)))
+                dist.all_reduce(torch.ones(4), group=group)
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from commscope._version import __version__
 
-from . import _bench, _model, _nccl, _run, _traces
+from . import _bench, _characterize, _io, _model, _nccl, _run, _traces
 
 __all__ = ["main", "build_parser"]
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Communication profiling for distributed LLM inference on PyTorch.")
     p.add_argument("--version", action="version", version=f"commscope {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    for module in (_run, _nccl, _traces, _model, _bench):
+    for module in (_run, _nccl, _traces, _model, _bench, _characterize, _io):
         module.register(sub)
     return p
 

@@ -29,14 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     env.update(COMMSCOPE_OUT=out, COMMSCOPE_RUN_ID=run_id, COMMSCOPE_CAPTURE=args.capture)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (BOOTSTRAP_DIR, env.get("PYTHONPATH")) if p)
     before = set(os.listdir(out))
-    proc = subprocess.Popen(cmd, env=env)
-
-    def forward(signum, _frame):  # let the program flush its trace on Ctrl-C / SIGTERM
-        proc.send_signal(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, forward)
-    rc = proc.wait()
+    rc = _run_forwarding_signals(cmd, env)
     created = sorted(set(os.listdir(out)) - before)
     for name in created:
         print(f"commscope: trace written to {os.path.join(out, name)}", file=sys.stderr)
@@ -44,6 +37,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"commscope: the command recorded no communication (nothing under {out})",
               file=sys.stderr)
     return rc
+
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM)
+_SI_KERNEL = 0x80  # siginfo si_code of a signal the kernel generated (a terminal's Ctrl-C)
+
+
+def _run_forwarding_signals(cmd: list[str], env: dict[str, str]) -> int:
+    """Run `cmd` and return its exit status; SIGINT/SIGTERM sent to this process are passed on
+    so that the program can flush its trace, unless the child already got the same signal.
+
+    A terminal's Ctrl-C (or Ctrl-\\) is sent by the kernel to the whole foreground process group,
+    which includes the child (it shares ours): forwarding it again would interrupt the child
+    twice and can abort its own clean-up. Such signals are recognised by their siginfo (code
+    SI_KERNEL); a signal sent with kill() to this process is forwarded.
+    """
+    # Signals stay blocked here and are taken with sigtimedwait (which reports who sent them);
+    # the child starts with them unblocked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    try:
+        proc = subprocess.Popen(
+            cmd, env=env,
+            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED))
+        while True:
+            info = signal.sigtimedwait(_FORWARDED, 0.2)
+            if info is None:
+                if proc.poll() is not None:
+                    return proc.returncode
+                continue
+            if info.si_code == _SI_KERNEL and os.getpgid(proc.pid) == os.getpgrp():
+                continue  # from the terminal to our process group: the child has it too
+            try:
+                proc.send_signal(info.si_signo)
+            except ProcessLookupError:
+                pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

@@ -12,6 +12,9 @@ single-process run. Parallelism (rank = stage * tp + tp_index):
 
     python -m commscope.models.llama --tp 2 --pp 2 --out traces   # spawns 4 gloo ranks
     python -m commscope.models.llama                             # single process reference
+
+`run_prompts` runs several prompt lengths in one set of spawned ranks (one trace each, after an
+untraced warm-up) and returns each run's wall-clock timings (time to first token, per step).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import argparse
 import json
 import os
 import socket
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.multiprocessing.spawn import ProcessException
 
 from commscope import profiler
 
@@ -103,8 +108,13 @@ class Model:
         hd = h // cfg.num_heads
         t, i = par.tp, par.tp_rank
 
+        dev = torch.get_default_device()
+
         def rnd(*shape: int) -> torch.Tensor:
-            return (torch.randn(*shape, generator=g, dtype=torch.float64) / shape[0] ** 0.5).to(dtype)
+            # Generated on the CPU (the seeded generator's device), so every backend and device
+            # gets the same weights.
+            w = torch.randn(*shape, generator=g, dtype=torch.float64, device="cpu")
+            return (w / shape[0] ** 0.5).to(dtype=dtype, device=dev)
 
         emb, head = rnd(v, h) * v ** 0.5 / 4, rnd(h, v)
         self.embed = _shard(emb, t, i, 0)            # vocab-parallel rows
@@ -179,7 +189,8 @@ class Model:
         local = self.rms(x[:, -1], self.final_norm) @ self.lm_head   # B x V/t
         if self.par.tp > 1:
             full = torch.empty(self.par.tp * local.numel(), dtype=local.dtype)
-            dist.all_gather_into_tensor(full, local.contiguous().view(-1), group=self.par.tp_group)
+            # all_gather_single: all_gather_into_tensor is deprecated (FutureWarning).
+            dist.all_gather_single(full, local.contiguous().view(-1), group=self.par.tp_group)
             local = torch.cat(full.view(self.par.tp, *local.shape).unbind(0), dim=-1)
         return local.argmax(-1)
 
@@ -207,20 +218,38 @@ class Model:
 
 
 def generate(cfg: Config, par: Parallel, batch: int, prompt_len: int, output_len: int,
-             dtype: torch.dtype) -> list[list[int]] | None:
-    """Greedy generation; returns the tokens on first-stage ranks (None elsewhere)."""
+             dtype: torch.dtype, *, timings: dict | None = None) -> list[list[int]] | None:
+    """Greedy generation; returns the tokens on first-stage ranks (None elsewhere).
+
+    `timings` (a dict) receives this rank's wall clock (time.perf_counter_ns): start_ns,
+    first_token_ns (prefill done; on the first stage the sampled tokens are back), step_end_ns
+    (one per decode step) and end_ns."""
     model = Model(cfg, par, dtype)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    ids = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g)
+    ids = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g, device="cpu")
+    ids = ids.to(torch.get_default_device())
     out = []
+    dev = torch.get_default_device()
+
+    def clock() -> int:
+        if dev.type == "cuda":  # kernels are asynchronous: time what has finished
+            torch.cuda.synchronize(dev)
+        return time.perf_counter_ns()
+
+    steps: list[int] = []
+    start = clock()
     with profiler.phase("prefill"):
         tok = model.forward(ids, torch.arange(prompt_len))
+    first = clock()
     out.append(tok)
     for step in range(output_len - 1):
         with profiler.phase("decode", step=step):
             cur = tok if tok is not None else torch.zeros(batch, dtype=torch.int64)
             tok = model.forward(cur[:, None], torch.tensor([prompt_len + step]))
+        steps.append(clock())
         out.append(tok)
+    if timings is not None:
+        timings.update(start_ns=start, first_token_ns=first, step_end_ns=steps, end_ns=clock())
     if out[0] is None:
         return None
     return torch.stack(out, 1).tolist()
@@ -234,23 +263,77 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world: int, port: int, a: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if a["backend"] == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+        torch.set_default_device(f"cuda:{torch.cuda.current_device()}")
+    dist.init_process_group(a["backend"], rank=rank, world_size=world)
+    # As torchrun does (OMP_NUM_THREADS=1): ranks sharing the cores each get their share of
+    # intra-op threads, so idle OpenMP threads spinning in one rank do not delay the others'
+    # communication.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // world))
     cfg = Config(**a["model"])
     dtype = getattr(torch, a["dtype"])
-    with profiler.trace(a["out"], run_name=a["run_name"],
-                        tags={"example": "llama", "tp": a["tp"], "pp": a["pp"]}) as s:
-        par = Parallel(a["tp"], a["pp"])
-        tokens = generate(cfg, par, a["batch"], a["prompt"], a["output"], dtype)
-    if rank == 0:
-        with open(os.path.join(s.run_dir, "tokens.json"), "w") as fh:
-            json.dump(tokens, fh)
+    par = Parallel(a["tp"], a["pp"])
+    if a.get("warmup"):  # untraced: connections, allocator and kernels warm before timing
+        generate(cfg, par, a["batch"], min(a["prompts"]), 2, dtype)
+    for prompt, name in zip(a["prompts"], a["run_names"]):
+        dist.barrier()  # untraced (no session open): every rank starts the run together
+        timings: dict = {}
+        with profiler.trace(a["out"], run_name=name,
+                            tags={"example": "llama", "tp": a["tp"], "pp": a["pp"],
+                                  "prompt_len": prompt, "batch": a["batch"]}) as s:
+            tokens = generate(cfg, par, a["batch"], prompt, a["output"], dtype, timings=timings)
+        every = [None] * world if rank == 0 else None
+        dist.gather_object(timings, every, dst=0)  # after the session: not traced
+        if rank == 0:
+            with open(os.path.join(s.run_dir, "tokens.json"), "w") as fh:
+                json.dump(tokens, fh)
+            with open(os.path.join(s.run_dir, "timings.json"), "w") as fh:
+                json.dump({"clock": "time.perf_counter_ns", "ranks": every}, fh)
     dist.destroy_process_group()
+
+
+def run_prompts(tp: int, pp: int, prompts: list[int], *, out: str = "traces",
+                run_names: list[str] | None = None, batch: int = 2, output: int = 8,
+                dtype: str = "float64", model: Config | None = None, backend: str = "gloo",
+                warmup: bool = True) -> list[tuple[str, list[list[int]], dict]]:
+    """Run one configuration (tp*pp spawned ranks) once per prompt length, one trace each.
+
+    Returns per prompt (run_dir, tokens, timings): timings["ranks"][r] is rank r's `generate`
+    timings (see `generate`). `warmup` runs an untraced short generation first."""
+    cfg = model or Config()
+    if cfg.num_layers % pp or cfg.num_kv_heads % tp or cfg.vocab_size % tp:
+        raise ValueError(f"TP={tp}, PP={pp} does not divide the model {cfg}")
+    if tp * pp < 2:
+        raise ValueError("run_prompts needs at least 2 ranks (use generate for one process)")
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    names = run_names or [f"llama_tp{tp}_pp{pp}_p{p}" for p in prompts]
+    if len(names) != len(prompts):
+        raise ValueError("run_names must have one name per prompt length")
+    args = dict(tp=tp, pp=pp, out=out, run_names=list(names), batch=batch,
+                prompts=[int(p) for p in prompts], output=output, dtype=dtype,
+                model=asdict(cfg), backend=backend, warmup=warmup)
+    try:
+        mp.spawn(_rank_main, nprocs=tp * pp, args=(tp * pp, _free_port(), args))
+    except ProcessException as exc:  # say which configuration and the rank's last line
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"TP={tp} PP={pp} ({backend}): a rank failed: {last}") from exc
+    results = []
+    for name in names:
+        run_dir = os.path.join(os.path.abspath(out), name)
+        with open(os.path.join(run_dir, "tokens.json")) as fh:
+            tokens = json.load(fh)
+        with open(os.path.join(run_dir, "timings.json")) as fh:
+            results.append((run_dir, tokens, json.load(fh)))
+    return results
 
 
 def run(tp: int = 1, pp: int = 1, *, out: str = "traces", run_name: str | None = None,
         batch: int = 2, prompt: int = 16, output: int = 8, dtype: str = "float64",
-        model: Config | None = None) -> tuple[str | None, list[list[int]]]:
-    """Run one configuration (spawning tp*pp gloo ranks); returns (run_dir, tokens)."""
+        model: Config | None = None, backend: str = "gloo") -> tuple[str | None, list[list[int]]]:
+    """Run one configuration (spawning tp*pp ranks); returns (run_dir, tokens)."""
     cfg = model or Config()
     if cfg.num_layers % pp or cfg.num_kv_heads % tp or cfg.vocab_size % tp:
         raise ValueError(f"TP={tp}, PP={pp} does not divide the model {cfg}")
@@ -258,12 +341,10 @@ def run(tp: int = 1, pp: int = 1, *, out: str = "traces", run_name: str | None =
         tokens = generate(cfg, Parallel(1, 1), batch, prompt, output, getattr(torch, dtype))
         return None, tokens
     name = run_name or f"llama_tp{tp}_pp{pp}"
-    args = dict(tp=tp, pp=pp, out=out, run_name=name, batch=batch, prompt=prompt, output=output,
-                dtype=dtype, model=asdict(cfg))
-    mp.spawn(_rank_main, nprocs=tp * pp, args=(tp * pp, _free_port(), args))
-    run_dir = os.path.join(os.path.abspath(out), name)
-    with open(os.path.join(run_dir, "tokens.json")) as fh:
-        return run_dir, json.load(fh)
+    (run_dir, tokens, _), = run_prompts(tp, pp, [prompt], out=out, run_names=[name],
+                                        batch=batch, output=output, dtype=dtype, model=cfg,
+                                        backend=backend, warmup=False)
+    return run_dir, tokens
 
 
 def main() -> None:
@@ -276,9 +357,10 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--output", type=int, default=8)
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ap.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     a = ap.parse_args()
     run_dir, tokens = run(a.tp, a.pp, out=a.out, run_name=a.run_name, batch=a.batch,
-                          prompt=a.prompt, output=a.output, dtype=a.dtype)
+                          prompt=a.prompt, output=a.output, dtype=a.dtype, backend=a.backend)
     print(f"tokens: {tokens}")
     if run_dir:
         print(f"trace: {run_dir}")

@@ -1,0 +1,170 @@
+"""Wrapper factories: the functions installed in place of torch.distributed's and funcol's.
+
+Each wrapper checks the re-entry flag, reads the call's arguments with its `ApiSpec` extractor,
+calls the original and hands the result to the recorder. The common blocking case is inlined.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+from time import time_ns
+from typing import Any
+
+from ._ops import ApiSpec
+from ._phases import _CURRENT
+from ._work import mark_wait
+
+__all__ = ["make_wrapper", "make_batch_wrapper", "make_lifecycle_wrapper", "make_wait_tensor"]
+
+_get_ident = threading.get_ident
+
+
+def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool) -> Any:
+    """Wrap one API. `simple`: an unrooted collective whose group argument is hashable,
+    eligible for the inlined fast path when it runs blocking on CPU tensors."""
+    # `info` below is a tuple in CallInfo's field order (see _ops): 0 dtype, 1-3 counts,
+    # 4 group, 5 peer, 6 root, 7 async_op, 8 tensor, 9 group-relative peer/root.
+    extract = spec.extract
+    busy = rec.busy
+    begin = rec.begin
+    finish = rec.finish
+    sessions = rec.sessions
+    infos_get = rec.groups._names.get
+    resolve_info = rec.groups.resolve_info
+    counters = rec.counters
+    phase_get = _CURRENT.get
+
+    @functools.wraps(orig)
+    def wrapper(*args, **kwargs):
+        tid = _get_ident()
+        if tid in busy or not sessions:
+            return orig(*args, **kwargs)
+        t0 = time_ns()
+        try:
+            info = extract(*args, **kwargs)
+            if simple and not info[7] and info[9] is None and not rec.cuda_timing:
+                # Fast path (the common case), inlined: the row is built at entry and completed
+                # in place at return.
+                g = info[4]
+                gi = infos_get(g)
+                if gi is None:
+                    gi = resolve_info(g)
+                c = counters.get(gi[0])
+                if c is None:
+                    c = counters.setdefault(gi[0], itertools.count())
+                row = [api_idx, t0, None, None, info[0], info[1], info[2], info[3], gi, next(c),
+                       next(rec.seq), phase_get(), tid, None]
+                fast = True
+            else:
+                row = begin(api_idx, info, t0,
+                            rec.start_event(info[8]) if rec.cuda_timing else None)
+                fast = False
+        except Exception:
+            # Arguments we cannot read: let torch handle (and reject) them untouched.
+            return orig(*args, **kwargs)
+        busy[tid] = row  # a timed flush writes it as 'started' until the call returns
+        try:
+            res = orig(*args, **kwargs)
+        except BaseException as exc:
+            del busy[tid]
+            finish(row, None, exc)
+            raise
+        del busy[tid]
+        if fast:
+            row[2] = row[3] = time_ns()  # R.TEND, R.TRET
+            for s in sessions:
+                buf = s._buf
+                buf.append(row)
+                if len(buf) >= s.flush_events:
+                    s.flush(blocking=False)
+            return res
+        finish(row, res, None)
+        return res
+
+    wrapper.__commscope_original__ = orig
+    return wrapper
+
+
+def make_batch_wrapper(rec: Any, orig: Any) -> Any:
+    """Wrap `batch_isend_irecv`: one row per P2POp."""
+    busy = rec.busy
+
+    @functools.wraps(orig)
+    def batch_isend_irecv(p2p_op_list, *args, **kwargs):
+        tid = _get_ident()
+        if tid in busy or not rec.sessions:
+            return orig(p2p_op_list, *args, **kwargs)
+        t0 = time_ns()
+        try:
+            infos = [p2p_op_info(p) for p in p2p_op_list]
+        except Exception:
+            return orig(p2p_op_list, *args, **kwargs)
+        ev = rec.start_event(infos[0][1][8]) if (rec.cuda_timing and infos) else None
+        busy[tid] = True
+        try:
+            res = orig(p2p_op_list, *args, **kwargs)
+        except BaseException as exc:
+            del busy[tid]
+            rec.record_batch(infos, t0, None, exc, ev)
+            raise
+        del busy[tid]
+        rec.record_batch(infos, t0, res, None, ev)
+        return res
+
+    batch_isend_irecv.__commscope_original__ = orig
+    return batch_isend_irecv
+
+
+def make_lifecycle_wrapper(rec: Any, orig: Any, attr: str) -> Any:
+    """Wrap init_process_group / destroy_process_group: group caches and run agreement."""
+
+    @functools.wraps(orig)
+    def lifecycle(*args, **kwargs):
+        if attr == "destroy_process_group":
+            # Flush while group info can still be resolved and before the store goes away.
+            for s in rec.sessions + rec.paused:
+                s.flush()
+                s._wait_writer()  # identity and agreement resolved while the group exists
+        res = orig(*args, **kwargs)
+        rec.on_process_group_change()
+        if attr == "init_process_group":
+            for s in rec.sessions + rec.paused:
+                s._on_init_process_group()
+        return res
+
+    lifecycle.__commscope_original__ = orig
+    return lifecycle
+
+
+def make_wait_tensor(rec: Any, orig: Any) -> Any:
+    """Wrap funcol.wait_tensor: completes the functional collective that produced the tensor."""
+
+    @functools.wraps(orig)
+    def wait_tensor(tensor):
+        ent = rec.pending_tensors.pop(id(tensor), None) if rec.pending_tensors else None
+        if ent is None:
+            return orig(tensor)
+        rows = ent[1]
+        mark_wait(rows)
+        try:
+            out = orig(tensor)
+        except BaseException as exc:
+            rec._complete(rows, "wait_tensor", exc)
+            raise
+        rec._complete(rows, "wait_tensor", None)
+        return out
+
+    wait_tensor.__commscope_original__ = orig
+    return wait_tensor
+
+
+def p2p_op_info(p: Any) -> tuple[bool, tuple]:
+    """(is_send, CallInfo-ordered tuple) of one P2POp of a batch."""
+    fn = getattr(p.op, "__commscope_original__", p.op)
+    is_send = getattr(fn, "__name__", "") in ("isend", "send")
+    t = p.tensor
+    n = t.numel()
+    return is_send, (t.dtype, n, n, n, p.group, getattr(p, "peer", None), None, True, t,
+                     getattr(p, "group_peer", None))
