@@ -20,10 +20,21 @@ __all__ = ["findings", "comm_share_pct", "what_if"]
 
 def comm_share_pct(ev: pd.DataFrame) -> float:
     """Time inside communication calls over wall time (first call to last completion), per
-    rank, averaged over ranks (percent)."""
-    spans = ev.groupby("rank").agg(a=("t_start_ns", "min"), b=("t_end_ns", "max"))
-    busy = (ev["t_end_ns"] - ev["t_start_ns"]).groupby(ev["rank"]).sum()
-    return float(100 * (busy / (spans["b"] - spans["a"]).clip(lower=1)).mean())
+    rank, averaged over ranks (percent). Device time where the rows have it (an NCCL call
+    returns at enqueue), host time otherwise; NaN without completed calls."""
+    timed = analysis.bandwidth(ev)
+    start = timed["t_start_ns"].astype("Float64")
+    if "gpu_start_ns" in timed:
+        start = timed["gpu_start_ns"].astype("Float64").where(
+            timed["time_basis"].eq("device") & timed["gpu_start_ns"].notna(), start)
+    dur = timed["duration_ns"].astype("Float64")
+    done = dur.notna() & start.notna()
+    if not done.any():
+        return float("nan")
+    start, dur, rank = start[done], dur[done], timed.loc[done, "rank"]
+    spans = (start + dur).groupby(rank).max() - start.groupby(rank).min()
+    busy = dur.groupby(rank).sum()
+    return float(100 * (busy / spans.clip(lower=1)).mean())
 
 
 def _dominant(ev: pd.DataFrame) -> dict:
@@ -37,7 +48,11 @@ def _dominant(ev: pd.DataFrame) -> dict:
 def _comm(runs: list) -> dict:
     parts, values = [], {}
     for label, ev, _ in runs:
-        share, dom = comm_share_pct(ev), _dominant(ev)
+        share = comm_share_pct(ev)
+        if pd.isna(share):
+            parts.append(f"nothing on {label} (no completed communication call recorded)")
+            continue
+        dom = _dominant(ev)
         values[label] = {"comm_share_pct": share, **dom}
         parts.append(f"{share:.1f} % on {label} (most of it {dom['phase']} {dom['op']} on "
                      f"dim {dom['dim']}: {dom['share_pct']:.1f} % of its communication time)")

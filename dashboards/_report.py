@@ -169,6 +169,19 @@ def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any =
     page = Page(title or f"commscope report — {', '.join(r[1] for r in runs)}",
                 f"{sum(len(r[2]) for r in runs):,} events from {len(runs)} run(s). "
                 f"Times per rank; GB = 1e9 bytes; {analysis.BUSBW_DEFINITION}.")
+    empty = [r for r in runs if r[2].empty]
+    if empty:
+        # A run without communication (e.g. an imported trace that had none) gets a reason,
+        # not a section of empty plots.
+        s = page.section("empty", "Runs without communication")
+        for path, label, _ev, meta, _ in empty:
+            notes = [n for m in meta for n in (m.get("import_notes") or [])]
+            s.append(f"<p>{esc(label)} ({esc(path)}): no communication call recorded."
+                     + (" " + esc("; ".join(dict.fromkeys(map(str, notes)))) if notes else "")
+                     + "</p>")
+        runs = [r for r in runs if not r[2].empty]
+        if not runs:
+            return _write_page(page, out_html)
 
     char = _insights.load_characterization(characterization)
     has_cfg = any(c is not None for *_, c in runs)
@@ -318,6 +331,10 @@ def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any =
         page.figure(s, fig)
         s.append(table_html(ov))
 
+    return _write_page(page, out_html)
+
+
+def _write_page(page: Page, out_html: str | os.PathLike) -> str:
     out = os.fspath(out_html)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:

@@ -123,6 +123,11 @@ def schema_markdown() -> str:
         "| `t_open_ns`, `t_close_ns` | when tracing started and stopped on this rank |",
         "| `events_written`, `parts` | totals at close |",
         "| `flush_events`, `flush_interval_s` | the buffer bound: a SIGKILL loses at most the events of the last `flush_events` calls or `flush_interval_s` seconds |",
+        "| `clock_sync` | how the clock offset was obtained (same host, store barrier, or for imports the alignment of matched collectives' device ends) |",
+        "| `source`, `import` | imported datasets: where the rows came from (`kineto`, `flight_recorder`, `nccl_inspector`) and the import's format, files and skipped files |",
+        "| `import_notes` | imported datasets: assumptions and gaps of the import (e.g. kernels without metadata, CUDA-graph kernels, empty dumps) |",
+        "| `gpu_busy` | Kineto imports: GPU busy and compute time per step/phase (the denominator of exposed communication) |",
+        "| `kineto`, `flight_recorder`, `nccl_inspector` | format-specific details of an import (Flight Recorder: dump version and per-group status) |",
         "",
     ]
     return "\n".join(lines)

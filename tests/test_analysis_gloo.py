@@ -43,7 +43,7 @@ def test_straggler_is_named_and_skew_is_on_exactly_those_instances(tmp_path):
     assert m["pg_seq"].tolist() == list(range(9)) and (m["ranks_seen"] == 2).all()
     late = m[m["pg_seq"] % 3 == 0]
     on_time = m[m["pg_seq"] % 3 != 0]
-    # The injected 50 ms shows up as start skew on every third instance, with rank 1 last...
+    # The injected 100 ms shows up as start skew on every third instance, with rank 1 last...
     assert (late["start_skew_ns"] >= 40 * MS).all() and (late["start_skew_ns"] < 500 * MS).all()
     assert (late["last_rank"] == 1).all()
     # ...and not on the others; the data movement itself stays short everywhere.

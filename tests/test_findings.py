@@ -41,8 +41,11 @@ def test_communication_share_and_dominant_operation(runs):
     _, _, _, evs, found = runs
     f = found["communication"]
     for name, ev, _ in evs:
-        dur = (ev["t_end_ns"] - ev["t_start_ns"]).groupby(ev["rank"]).sum()
-        span = ev.groupby("rank")["t_end_ns"].max() - ev.groupby("rank")["t_start_ns"].min()
+        timed = analysis.bandwidth(ev)  # host rows here: duration = t_end - t_start
+        assert set(timed["time_basis"]) == {"host"}
+        dur = timed["duration_ns"].groupby(ev["rank"]).sum()
+        end = ev["t_start_ns"] + timed["duration_ns"]
+        span = end.groupby(ev["rank"]).max() - ev.groupby("rank")["t_start_ns"].min()
         share = float(100 * (dur / span).mean())
         assert f["values"][name]["comm_share_pct"] == pytest.approx(share)
         assert f"{share:.1f} % on {name}" in f["text"]

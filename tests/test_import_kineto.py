@@ -139,6 +139,15 @@ def test_vllm_decode_graph_pair_has_no_communication(runs):
 
 
 @need_data
+def test_report_of_a_run_without_communication_says_why(runs, tmp_path):
+    html = tmp_path / "graph.html"
+    assert main(["report", runs["graph"], "-o", str(html)]) == 0
+    page = html.read_text()
+    assert "no communication call recorded. no communication kernels among 425 kernels" in page
+    assert "Runs without communication" in page
+
+
+@need_data
 def test_exposed_communication_on_nccl_stream(runs):
     x = analysis.exposed_communication(runs["nccl_data"])
     assert x["step"].tolist() == [4, 5, 6] and x["comm_kernels"].tolist() == [7, 7, 7]

@@ -279,12 +279,13 @@ def overhead_worker(rank: int, world: int, n: int) -> None:  # used by the gloo 
 
 
 def straggler_worker(rank: int, world: int, out_dir: str) -> None:
-    """Rank 1 sleeps 50 ms before every third all_reduce."""
+    """Rank 1 sleeps 100 ms before every third all_reduce (far above the 40 ms the test needs:
+    opening a trace costs the ranks different amounts before the first call)."""
     t = torch.ones(1024)
     with profiler.trace(out_dir, run_name="straggler"):
         for i in range(9):
             if rank == 1 and i % 3 == 0:
-                time.sleep(0.05)
+                time.sleep(0.1)
             dist.all_reduce(t)
 
 
