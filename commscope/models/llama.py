@@ -161,6 +161,17 @@ class Model:
         x = self.embed[local.clamp(0, self.embed.shape[0] - 1)] * mask[..., None]
         return self.par.all_reduce(x)
 
+    def cached_kv(self, idx: int, k: torch.Tensor, v: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `idx`'s keys and values so far: the cache extended by this step's (B, T, ...)."""
+        if len(self.cache) > idx:
+            pk, pv = self.cache[idx]
+            k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
+            self.cache[idx] = (k, v)
+        else:
+            self.cache.append((k, v))
+        return k, v
+
     def layer(self, idx: int, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         w = self.layers[idx]
         B, T, _ = x.shape
@@ -169,12 +180,7 @@ class Model:
         k = (hn @ w["k"]).view(B, T, self.kv_heads, self.head_dim)
         v = (hn @ w["v"]).view(B, T, self.kv_heads, self.head_dim)
         q, k = self.rope(q, pos), self.rope(k, pos)
-        if len(self.cache) > idx:
-            pk, pv = self.cache[idx]
-            k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
-            self.cache[idx] = (k, v)
-        else:
-            self.cache.append((k, v))
+        k, v = self.cached_kv(idx, k, v)
         rep = self.heads // self.kv_heads
         kk = k.repeat_interleave(rep, dim=2).transpose(1, 2)
         vv = v.repeat_interleave(rep, dim=2).transpose(1, 2)

@@ -169,12 +169,7 @@ class Model2D(Model):
             q = self.rope((hn @ w["q"]).view(B, T, self.heads, self.head_dim), pos)
             k = self.rope((hn @ w["k"]).view(B, T, self.kv_heads, self.head_dim), pos)
             v = (hn @ w["v"]).view(B, T, self.kv_heads, self.head_dim)
-            if len(self.cache) > idx:
-                pk, pv = self.cache[idx]
-                k, v = torch.cat([pk, k], 1), torch.cat([pv, v], 1)
-                self.cache[idx] = (k, v)
-            else:
-                self.cache.append((k, v))
+            k, v = self.cached_kv(idx, k, v)
             sel = torch.tensor(self.q_kv)
             kk, vv = k[:, :, sel].transpose(1, 2), v[:, :, sel].transpose(1, 2)
             att = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, is_causal=T > 1)
