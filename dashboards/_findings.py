@@ -23,11 +23,12 @@ def comm_share_pct(ev: pd.DataFrame) -> float:
     rank, averaged over ranks (percent). Device time where the rows have it (an NCCL call
     returns at enqueue), host time otherwise; NaN without completed calls."""
     timed = analysis.bandwidth(ev)
-    start = timed["t_start_ns"].astype("Float64")
+    # Integer nanoseconds throughout: epoch times in float64 lose ~256 ns.
+    start = timed["t_start_ns"].astype("Int64")
     if "gpu_start_ns" in timed:
-        start = timed["gpu_start_ns"].astype("Float64").where(
+        start = timed["gpu_start_ns"].astype("Int64").where(
             timed["time_basis"].eq("device") & timed["gpu_start_ns"].notna(), start)
-    dur = timed["duration_ns"].astype("Float64")
+    dur = timed["duration_ns"].astype("Int64")
     done = dur.notna() & start.notna()
     if not done.any():
         return float("nan")

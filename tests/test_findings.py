@@ -126,3 +126,21 @@ def test_report_opens_with_findings_linking_to_evidence(runs, tmp_path):
     # Long tables collapse under their plot.
     assert "<details><summary>table (" in text
     assert np.isfinite(table["ttft_ms"]).all()
+
+
+def test_communication_share_uses_device_time_where_rows_have_it():
+    """NCCL calls return at enqueue: the share must come from device start/end, not host."""
+    import pandas as pd
+
+    from commscope.dashboards._findings import comm_share_pct
+
+    base = 1_700_000_000_000_000_000  # epoch ns: float64 would lose ~256 ns here
+    ev = pd.DataFrame({
+        "run_id": ["r", "r"], "rank": [0, 0], "op": ["all_reduce"] * 2, "bytes": [1024] * 2,
+        "pg_size": [2, 2], "t_start_ns": [base, base + 20], "t_end_ns": [base + 10, base + 30],
+        "gpu_start_ns": [base + 100, base + 300], "gpu_end_ns": [base + 200, base + 500],
+        "gpu_duration_ns": [100, 200]})
+    # device: busy 100 + 200 ns over the span 100..500 -> 75 % (host times would give 66.7 %)
+    assert comm_share_pct(ev) == pytest.approx(75.0, abs=1e-9)
+    assert comm_share_pct(ev.drop(columns=["gpu_start_ns", "gpu_end_ns", "gpu_duration_ns"])) \
+        == pytest.approx(100 * 20 / 30, abs=1e-9)
