@@ -105,7 +105,18 @@ def _heatmap(waits: pd.DataFrame) -> go.Figure | None:
     return fig
 
 
+def _for_backend(model: Any, ev: pd.DataFrame) -> Any:
+    """The calibration's curves for the trace's backend: a model holding several libraries'
+    curves (gloo and nccl) never mixes them; None when it has none for this backend."""
+    if model is None or len(getattr(model, "libraries", ())) <= 1:
+        return model
+    backends = {str(b).lower() for b in ev["backend"].dropna().unique()}
+    hits = [b for b in backends if b in model.libraries]
+    return model.select(hits[0]) if len(hits) == 1 else None
+
+
 def _latency(ev: pd.DataFrame, model: Any) -> tuple[go.Figure, go.Figure] | None:
+    model = _for_backend(model, ev)
     m = analysis.match_collectives(ev)
     m = m[(m["bytes"] > 0) & (m["op"] != "barrier")]
     if m.empty:
@@ -132,7 +143,7 @@ def _latency(ev: pd.DataFrame, model: Any) -> tuple[go.Figure, go.Figure] | None
                     lat.add_trace(go.Scatter(x=g["bytes"], y=100 * (pred - g["time_us"]) /
                                              g["time_us"], mode="markers",
                                              name=f"{name} residual"), row=2, col=1)
-                except KeyError:
+                except (KeyError, ValueError):  # no curve for this op / group size
                     pass
     lat.update_layout(**{**_LAYOUT, "height": 520})
     lat.update_xaxes(type="log", title_text="message size (bytes, nccl-tests S)", row=2, col=1)

@@ -123,3 +123,22 @@ def test_report_cli(tmp_path):
                         str(tmp_path / "s.html")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert os.path.exists(tmp_path / "s.html") and "wrote" in r.stdout
+
+
+CALIBRATION = os.path.join(ROOT, "..", "shared", "data", "calibration",
+                           "ai-dynamo__aiconfigurator__h100_sxm-nccl-2.29.2-nccl_perf.parquet")
+
+
+@pytest.mark.skipif(not os.path.exists(CALIBRATION), reason="../shared/data absent")
+def test_report_with_a_calibration_of_several_libraries_uses_the_traces_backend(tmp_path):
+    """A calibration holding gloo and nccl curves: the gloo trace's latency plot draws the gloo
+    model (never an nccl curve, never a crash on the mixed model)."""
+    sample = os.path.join(ROOT, "traces", "sample_tp2")
+    meas = analysis.load_measurements([sample, CALIBRATION])
+    model = analysis.CostModel.fit(meas)
+    assert model.libraries == ["gloo", "nccl"]
+    out = dashboards.write_report(sample, tmp_path / "r.html", calibration=model)
+    with open(out) as fh:
+        page = fh.read()
+    gloo_ops = sorted({k[0] for k in model.fits if k[3] == "gloo"})
+    assert gloo_ops and all(f"{op} n=2 model" in page for op in gloo_ops)
