@@ -364,8 +364,12 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
             return None
         _SEARCHING.active = True
         try:
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
+            # Only the finders after this one: a post-import finder placed before us has already
+            # wrapped (or will wrap) what we return; asking it again would wrap its loader twice.
+            chain = sys.meta_path
+            after = chain[chain.index(self) + 1:] if self in chain else chain
+            for finder in after:
+                if not hasattr(finder, "find_spec"):
                     continue
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:

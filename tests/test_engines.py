@@ -448,3 +448,54 @@ def test_post_import_hook_installs_once_and_tolerates_other_finders(tmp_path, mo
         sys.meta_path.remove(greedy)
         sys.modules.pop("cs_fake_engine_mod", None)
         _engines._DONE.pop("fake.groups", None)
+
+
+def test_post_import_hook_next_to_a_wrapping_finder_placed_before_it(tmp_path, monkeypatch):
+    """A second post-import finder in front of ours that asks every other finder and wraps the
+    loader (as a counting plugin or an APM agent does): each hook runs exactly once. Asking the
+    finders before ours again would hand that finder's loader back to it to wrap twice."""
+    import importlib.abc
+    import sys
+
+    from commscope.profiler import _engines
+
+    (tmp_path / "cs_fake_engine_mod2.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ours, theirs = [], []
+
+    class Counting(importlib.abc.Loader):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def create_module(self, spec):
+            return self.inner.create_module(spec)
+
+        def exec_module(self, module):
+            self.inner.exec_module(module)
+            theirs.append(module.VALUE)
+
+    class Wrapping(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "cs_fake_engine_mod2":
+                return None
+            for f in sys.meta_path:
+                if f is not self and hasattr(f, "find_spec"):
+                    spec = f.find_spec(name, path, target)
+                    if spec is not None:
+                        spec.loader = Counting(spec.loader)
+                        return spec
+            return None
+
+    monkeypatch.setitem(_engines._TARGETS, "cs_fake_engine_mod2",
+                        ("fake2.groups", lambda mod: ours.append(mod.VALUE)))
+    _engines.install()
+    wrapping = Wrapping()
+    sys.meta_path.insert(0, wrapping)  # in front of ours
+    try:
+        import cs_fake_engine_mod2  # noqa: F401
+
+        assert ours == [1] and theirs == [1]
+    finally:
+        sys.meta_path.remove(wrapping)
+        sys.modules.pop("cs_fake_engine_mod2", None)
+        _engines._DONE.pop("fake2.groups", None)
