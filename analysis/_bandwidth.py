@@ -12,6 +12,13 @@ import pandas as pd
 
 __all__ = ["bandwidth", "bus_factor", "BUSBW_DEFINITION"]
 
+# The one table of bus factors (nccl-tests): `bus_factor` and the SQL `_sql.BUS_FACTOR_SQL`
+# are both built from it.
+#: Ops whose factor is (n-1)/n (all_reduce has twice that).
+RING_OPS = ("all_gather", "reduce_scatter", "all_to_all", "gather", "scatter")
+#: Ops whose factor is 1.
+UNIT_OPS = ("broadcast", "reduce", "send", "recv")
+
 BUSBW_DEFINITION = ("algbw = bytes / time; busbw = algbw x 2(n-1)/n for all_reduce, x (n-1)/n "
                     "for all_gather, reduce_scatter, all_to_all, gather, scatter, x 1 for "
                     "broadcast, reduce, send, recv (nccl-tests); n = process-group size; "
@@ -25,9 +32,8 @@ def bus_factor(op: pd.Series | np.ndarray, n: pd.Series | np.ndarray) -> np.ndar
     ring = np.where(n > 0, (n - 1) / np.where(n > 0, n, 1), np.nan)
     out = np.full(len(op), np.nan)
     out = np.where(op == "all_reduce", 2 * ring, out)
-    out = np.where(np.isin(op, ["all_gather", "reduce_scatter", "all_to_all", "gather",
-                                "scatter"]), ring, out)
-    out = np.where(np.isin(op, ["broadcast", "reduce", "send", "recv"]), 1.0, out)
+    out = np.where(np.isin(op, RING_OPS), ring, out)
+    out = np.where(np.isin(op, UNIT_OPS), 1.0, out)
     return out
 
 

@@ -35,12 +35,6 @@ def find_part_files(path: str | os.PathLike) -> list[str]:
     return files
 
 
-def _check_file(path: str) -> pa.Schema:
-    return _read_footer(path)[0]
-
-
-
-
 def _has_device_times(meta: pq.FileMetaData) -> bool:
     """From the footer's statistics alone: may any row of the file have device times?"""
     names = meta.schema.names

@@ -121,9 +121,9 @@ def join_nccl(events: pd.DataFrame, nccl_log: Any) -> NcclJoin:
     # NCCL prints the host name cut at the first '.'; traces keep the full name.
     nccl_host = _short_host(colls["host"])
     ev_host = _short_host(ev["host"])
-    for (_, pid), tr in ev.groupby([ev_host, "pid"], sort=False):
+    for (short, pid), tr in ev.groupby([ev_host, "pid"], sort=False):
         host = tr["host"].iloc[0]
-        nc = colls[(nccl_host == _short_host(pd.Series([host])).iloc[0]) & (colls["pid"] == pid)]
+        nc = colls[(nccl_host == short) & (colls["pid"] == pid)]
         groups = {name: g.sort_values("seq") for name, g in tr.groupby("pg_name")}
         keys = {name: _keys(g["op"], g["bytes"], g.get("count", None))
                 for name, g in groups.items()}
@@ -163,7 +163,7 @@ def join_nccl(events: pd.DataFrame, nccl_log: Any) -> NcclJoin:
                                  nccl_only=0, hooks_only=len(groups[name])))
     trace_procs = set(zip(ev_host, ev["pid"]))
     for (host, pid, comm), cg in colls.groupby(["host", "pid", "comm"]):
-        if (_short_host(pd.Series([host])).iloc[0], pid) not in trace_procs:
+        if (str(host).split(".", 1)[0], pid) not in trace_procs:
             coverage.append(dict(host=host, pid=pid, pg_name=None, nccl_comm=comm, both=0,
                                  nccl_only=len(cg), hooks_only=0))
     cov = pd.DataFrame(coverage, columns=["host", "pid", "pg_name", "nccl_comm", "both",

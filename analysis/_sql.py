@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..profiler._schema import COLUMNS
+from ._bandwidth import RING_OPS, UNIT_OPS
 
 __all__ = ["connect", "select_events", "create_trace_view", "create_events_view",
            "any_device_times", "to_pandas", "TIME_COLUMNS",
@@ -44,12 +45,17 @@ _MISSING = {"source": "'hooks'"}
 _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(),
                  pa.bool_(): pd.BooleanDtype()}
 
-#: The nccl-tests bus-bandwidth factor in SQL (same definitions as `_bandwidth.bus_factor`).
-BUS_FACTOR_SQL = """(CASE
+
+def _sql_list(ops: Iterable[str]) -> str:
+    return ", ".join(f"'{o}'" for o in ops)
+
+
+#: The nccl-tests bus-bandwidth factor in SQL, built from `_bandwidth`'s op tables (the same
+#: definitions as `_bandwidth.bus_factor`).
+BUS_FACTOR_SQL = f"""(CASE
   WHEN op = 'all_reduce' THEN 2.0 * (pg_size - 1) / pg_size
-  WHEN op IN ('all_gather', 'reduce_scatter', 'all_to_all', 'gather', 'scatter')
-    THEN 1.0 * (pg_size - 1) / pg_size
-  WHEN op IN ('broadcast', 'reduce', 'send', 'recv') THEN 1.0
+  WHEN op IN ({_sql_list(RING_OPS)}) THEN 1.0 * (pg_size - 1) / pg_size
+  WHEN op IN ({_sql_list(UNIT_OPS)}) THEN 1.0
   ELSE NULL END)"""
 
 

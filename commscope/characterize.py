@@ -84,16 +84,10 @@ def _per_call(table: pd.DataFrame | None, model: Any, op: str, n: int, nbytes: i
     is one transfer, measured once (load_measurements)."""
     op = "send" if op == "recv" else op
     if model is not None:
-        from .analysis import CostModelWarning
-
-        # Predicting a held-out configuration extrapolates by design; its error is what the
-        # table reports, so the per-curve range warnings would only repeat it.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CostModelWarning)
-            try:
-                return float(model.predict(op, n, nbytes))
-            except (KeyError, ValueError):
-                return float("nan")
+        try:
+            return float(model.predict(op, n, nbytes))
+        except (KeyError, ValueError):
+            return float("nan")
     hit = table[(table["collective"] == op) & (table["nranks"] == n) & (table["bytes"] == nbytes)]
     if phase is not None and "phase" in hit and (hit["phase"] == phase).any():
         hit = hit[hit["phase"] == phase]
@@ -145,14 +139,19 @@ def _row(run: dict, spec: Any, model: Any) -> dict:
     meas = analysis.load_measurements(traces)
     sched["measured_us"] = [_per_call(meas, None, r.op, r.pg_size, r.bytes, r.phase) * r.count
                             for r in sched.itertuples()]
-    sched["predicted_us"] = [_per_call(None, model, r.op, r.pg_size, r.bytes) * r.count
-                             for r in sched.itertuples()] if model is not None else np.nan
+    # Predicting a held-out configuration extrapolates by design; its error is what the table
+    # reports, so the per-curve range warnings would only repeat it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", analysis.CostModelWarning)
+        sched["predicted_us"] = [_per_call(None, model, r.op, r.pg_size, r.bytes) * r.count
+                                 for r in sched.itertuples()] if model is not None else np.nan
     by = sched.assign(vol=sched["bytes"] * sched["count"]).groupby("phase").agg(
         calls=("count", "sum"), vol=("vol", "sum"), measured_us=("measured_us", "sum"),
         predicted_us=("predicted_us", lambda s: s.sum(min_count=len(s))))
-    got = _phase_times(ev, world, steps)
-    got[["in_call_us", "wait_us"]] = sum(_phase_times(e, world, steps)[["in_call_us", "wait_us"]]
-                                         for e in events) / len(events)
+    per_run = [_phase_times(e, world, steps) for e in events]
+    got = per_run[0]
+    got[["in_call_us", "wait_us"]] = sum(p[["in_call_us", "wait_us"]]
+                                         for p in per_run) / len(per_run)
     times = np.array([_timing(e, t) for e, t in zip(events, timings)])
     row = {"config": run["name"], "label": _label(run["tp"], run["pp"]), "tp": run["tp"],
            "pp": run["pp"], "ranks": world, "prompt_len": run["prompt_len"],
@@ -186,14 +185,14 @@ def _row(run: dict, spec: Any, model: Any) -> dict:
 
 def characterize_traces(runs: Sequence[dict], *, model: Any = None, dtype: str = "float64",
                         **fit_options: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The characterization table from traces already recorded (no torch needed).
+    """The characterization table from traces already recorded (nothing is run again).
 
     `runs`: dicts with name, tp, pp, prompt_len, batch, new_tokens, trace (run folder), timings
     (`timings.json` content), tokens_match and optionally repeats / repeat_timings (more runs of
     the same configuration and prompt length, pooled). Returns (table, held-out models by configuration
     name); the models' training data never includes the configuration they predict."""
     from . import analysis
-    from .models.llama import Config  # dataclass only: no torch at import of this module
+    from .models.llama import Config  # the model the traces ran (its module imports torch)
 
     spec = (model or Config()).spec(DTYPE_BYTES[dtype]) if not hasattr(model, "hidden_size") \
         else model
@@ -232,13 +231,15 @@ def conclusions(table: pd.DataFrame) -> list[dict]:
     prompts = sorted(t["prompt_len"].unique())
     short = prompts[0] if prompts else None
 
+    def ranked(col: str, p: int) -> pd.DataFrame:
+        return t[t["prompt_len"] == p].sort_values(col)
+
     def best(col: str, p: int) -> pd.Series:
-        return t[t["prompt_len"] == p].sort_values(col).iloc[0]
+        return ranked(col, p).iloc[0]
 
     claim = "TP moves the most data but gives the best response time for short sequences"
     if len(tp) and len(t["kind"].unique()) > 1:
-        most = all(t[t["prompt_len"] == p].sort_values("volume").iloc[-1]["kind"] == "TP"
-                   for p in prompts)
+        most = all(ranked("volume", p).iloc[-1]["kind"] == "TP" for p in prompts)
         fastest = best("ttft_ms", short)
         holds = bool(most and fastest["kind"] == "TP")
         vols = ", ".join(f"{r.label} {r.volume / 1e6:.2f} MB" for r in
@@ -252,8 +253,7 @@ def conclusions(table: pd.DataFrame) -> list[dict]:
                     "and another one"})
     claim = "PP moves the least data but adds latency"
     if len(pp) and len(tp):
-        least = all(t[t["prompt_len"] == p].sort_values("volume").iloc[0]["kind"] == "PP"
-                    for p in prompts)
+        least = all(best("volume", p)["kind"] == "PP" for p in prompts)
         tpot_pp, tpot_tp = float(pp["tpot_ms"].median()), float(tp["tpot_ms"].median())
         holds = bool(least and tpot_pp > tpot_tp)
         out.append({"claim": claim, "holds": holds, "evidence": (

@@ -85,7 +85,7 @@ def _busbw(runs: list, calibration: Any) -> dict | None:
             f"for {big['op']} in these runs ({peak:.3f} GB/s)")
     if calibration is not None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", analysis.CostModelWarning)
             try:
                 t_us = float(calibration.predict(big["op"], v["nranks"], v["bytes"]))
                 factor = float(analysis.bus_factor([big["op"]], [v["nranks"]])[0])
@@ -187,7 +187,7 @@ def what_if(devices: int, model: Any, workload: Any, calibration: Any, measured:
             top: int = 5) -> pd.DataFrame:
     """The advisor's top configurations for `devices` plus the measured one (marked)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", analysis.CostModelWarning)
         a = analysis.advise(devices, model, workload, calibration)
     a = a[a["rank"].notna()]
     keep = a.head(top)

@@ -78,6 +78,17 @@ def export_perfetto(trace: str | os.PathLike, out_json: str | os.PathLike) -> st
         algbw = ev["bytes"].astype("float64") / np.where(dur > 0, dur, np.nan)
         busbw = algbw * factor
         tracks: dict[tuple, int] = {}
+        per_pid: dict[int, int] = {}
+
+        def track(pid: int, kind: str, pg: str, label: str) -> int:
+            """The tid of (pid, kind, pg), numbered per process in order of first use."""
+            key = (pid, kind, pg)
+            if key not in tracks:
+                tracks[key] = per_pid[pid] = per_pid.get(pid, 0) + 1
+                events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tracks[key],
+                               "args": {"name": label}})
+            return tracks[key]
+
         names = ev.columns.tolist()
         for idx, rec in enumerate(ev.itertuples(index=False)):
             row = dict(zip(names, rec))
@@ -85,12 +96,7 @@ def export_perfetto(trace: str | os.PathLike, out_json: str | os.PathLike) -> st
             pid = pid_of[key]
             off = offsets.get(key, 0)
             pg = str(row["pg_name"])
-            host_track = (pid, "host", pg)
-            if host_track not in tracks:
-                tracks[host_track] = len([t for t in tracks if t[0] == pid]) + 1
-                events.append({"ph": "M", "name": "thread_name", "pid": pid,
-                               "tid": tracks[host_track],
-                               "args": {"name": f"group {pg} ({row['pg_dim'] or '-'}) calls"}})
+            host_tid = track(pid, "host", pg, f"group {pg} ({row['pg_dim'] or '-'}) calls")
             args = {"op": row["op"], "bytes": _jsonable(row["bytes"]), "dtype": row["dtype"],
                     "pg_name": pg, "pg_size": _jsonable(row["pg_size"]),
                     "pg_seq": _jsonable(row["pg_seq"]), "source": row["source"],
@@ -99,17 +105,12 @@ def export_perfetto(trace: str | os.PathLike, out_json: str | os.PathLike) -> st
                     "row": {k: _jsonable(v) for k, v in row.items()}}
             t0, t1 = row["t_start_ns"], row["t_end_ns"]
             events.append({"ph": "X", "cat": "comm", "name": str(row["op"]), "pid": pid,
-                           "tid": tracks[host_track], "ts": (int(t0) - off) / 1000,
+                           "tid": host_tid, "ts": (int(t0) - off) / 1000,
                            "dur": max(int(t1) - int(t0), 0) / 1000, "args": args})
             if dev.iloc[idx]:
-                gpu_track = (pid, "gpu", pg)
-                if gpu_track not in tracks:
-                    tracks[gpu_track] = len([t for t in tracks if t[0] == pid]) + 1
-                    events.append({"ph": "M", "name": "thread_name", "pid": pid,
-                                   "tid": tracks[gpu_track],
-                                   "args": {"name": f"group {pg} on {row['device'] or 'GPU'}"}})
+                gpu_tid = track(pid, "gpu", pg, f"group {pg} on {row['device'] or 'GPU'}")
                 events.append({"ph": "X", "cat": "comm_gpu", "name": f"{row['op']} (device)",
-                               "pid": pid, "tid": tracks[gpu_track],
+                               "pid": pid, "tid": gpu_tid,
                                "ts": (int(row["gpu_start_ns"]) - off) / 1000,
                                "dur": int(row["gpu_duration_ns"]) / 1000,
                                "args": {k: v for k, v in args.items() if k != "row"}})

@@ -134,7 +134,7 @@ def _latency(ev: pd.DataFrame, model: Any) -> tuple[go.Figure, go.Figure] | None
         bw.add_trace(go.Scatter(x=g["bytes"], y=g["busbw"], mode="markers+lines", name=name))
         if model is not None:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+                warnings.simplefilter("ignore", analysis.CostModelWarning)
                 try:
                     xs = np.geomspace(g["bytes"].min(), g["bytes"].max(), 60)
                     lat.add_trace(go.Scatter(x=xs, y=[model.predict(op, int(n), x) for x in xs],

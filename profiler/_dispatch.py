@@ -18,7 +18,8 @@ from typing import Any
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._ops import CallInfo, _first, _numel_sum
-from ._recorder import RECORDER, DispatchHandle, _register_api
+from ._recorder import RECORDER
+from ._rows import DispatchHandle, register_api
 
 __all__ = ["CommDispatchMode"]
 
@@ -216,7 +217,7 @@ class CommDispatchMode(TorchDispatchMode):
         key = (ns, name)
         api = self._api.get(key)
         if api is None:
-            api = self._api[key] = _register_api(f"{ns.lstrip('_')}.{name}", op, "dispatch")
+            api = self._api[key] = register_api(f"{ns.lstrip('_')}.{name}", op, "dispatch")
         ev = rec.start_event(info.tensor) if rec.cuda_timing else None
         rec.busy[tid] = True
         try:

@@ -16,24 +16,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._kineto import C10_DTYPES, cpu_op_name_to_op
+from ._nccl_formats import GATHER_LIKE
+
 __all__ = ["read_flight_recorder", "parse_dump", "PG_DIMS"]
 
-_DTYPES = {"Float": ("float32", 4), "BFloat16": ("bfloat16", 2), "Half": ("float16", 2),
-           "Double": ("float64", 8), "Long": ("int64", 8), "Int": ("int32", 4),
-           "Short": ("int16", 2), "Char": ("int8", 1), "Byte": ("uint8", 1), "Bool": ("bool", 1),
-           "Float8_e4m3fn": ("float8_e4m3fn", 1), "Float8_e5m2": ("float8_e5m2", 1)}
-_OPS = [("reduce_scatter", "reduce_scatter"), ("all_reduce", "all_reduce"),
-        ("allreduce", "all_reduce"), ("all_gather", "all_gather"), ("allgather", "all_gather"),
-        ("all_to_all", "all_to_all"), ("alltoall", "all_to_all"), ("broadcast", "broadcast"),
-        ("barrier", "barrier"), ("gather", "gather"), ("scatter", "scatter"),
-        ("reduce", "reduce"), ("send", "send"), ("recv", "recv")]
 #: Megatron-Core / c10d group descriptions -> commscope pg_dim.
 PG_DIMS = [("default_pg", "world"), ("EXPERT_TENSOR", "etp"), ("EXPERT_MODEL", "ep"),
            ("EXPERT_DATA", "edp"), ("TENSOR_AND_DATA", "tp_dp"), ("TENSOR_AND_CONTEXT", "tp_cp"),
            ("TENSOR_MODEL", "tp"), ("PIPELINE", "pp"), ("EMBEDDING", "pp"),
            ("DATA_PARALLEL", "dp"), ("CONTEXT", "cp")]
 _P2P_RE = re.compile(r"(send|recv) (\d+)\s*(?:->|<-)\s*(\d+)")
-_GATHER_LIKE = {"all_gather", "reduce_scatter", "gather", "scatter"}
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -91,12 +84,12 @@ def _rows(d: dict[str, Any], rank: int, cfg: dict[str, Any]) -> pd.DataFrame:
     for e in d.get("entries") or []:
         prof = str(e.get("profiling_name", ""))
         short = prof.split(":", 1)[-1]
-        op = next((v for k, v in _OPS if k in short), None)
+        op = cpu_op_name_to_op(short)
         pg, desc = (list(e.get("process_group") or ["", ""]) + ["", ""])[:2]
         g = cfg.get(str(pg), {})
         members = _ranks(g.get("ranks", [])) if g else None
         dts = e.get("input_dtypes") or e.get("output_dtypes") or []
-        dt = _DTYPES.get(str(dts[0])) if dts else None
+        dt = C10_DTYPES.get(str(dts[0])) if dts else None
         n_in, n_out = _numel(e.get("input_sizes")), _numel(e.get("output_sizes"))
         count = (sum(n_out) if op in ("reduce_scatter", "scatter", "recv") else sum(n_in)) \
             if (n_in or n_out) else None
@@ -116,7 +109,7 @@ def _rows(d: dict[str, Any], rank: int, cfg: dict[str, Any]) -> pd.DataFrame:
             "pg_ranks": members, "pg_seq": e.get("p2p_seq_id") if p2p else
             e.get("collective_seq_id"), "op": op, "api": prof,
             "dtype": dt[0] if dt else None, "count": count,
-            "bytes": count * dt[1] * (size if op in _GATHER_LIKE and size else 1)
+            "bytes": count * dt[1] * (size if op in GATHER_LIKE and size else 1)
             if dt and count is not None else None,
             "in_bytes": sum(n_in) * dt[1] if dt else None,
             "out_bytes": sum(n_out) * dt[1] if dt else None, "peer": peer,

@@ -14,12 +14,10 @@ from typing import Any
 
 import pandas as pd
 
+from ._nccl_formats import GATHER_LIKE, OP_NAMES
+
 __all__ = ["read_inspector", "parse_inspector_lines"]
 
-_OPS = {"AllReduce": "all_reduce", "AllGather": "all_gather", "ReduceScatter": "reduce_scatter",
-        "Broadcast": "broadcast", "Reduce": "reduce", "Send": "send", "Recv": "recv",
-        "AllToAll": "all_to_all", "Gather": "gather", "Scatter": "scatter"}
-_GATHER_LIKE = {"all_gather", "reduce_scatter", "gather", "scatter"}
 
 
 def _num(v: Any) -> float | None:
@@ -37,7 +35,7 @@ def _record(rec: dict[str, Any]) -> dict[str, Any] | None:
         (rec.get("p2p_perf"), "p2p")
     if not isinstance(perf, dict):
         return None
-    op = _OPS.get(str(perf.get(kind)))
+    op = OP_NAMES.get(str(perf.get(kind)))
     n = int(hdr.get("n_ranks") or 1)
     msg = _num(perf.get(f"{kind}_msg_size_bytes"))
     exec_us = _num(perf.get(f"{kind}_exec_time_us"))
@@ -60,7 +58,7 @@ def _record(rec: dict[str, Any]) -> dict[str, Any] | None:
     on_gpu = source in (None, "kernel_gpu")
     return {"pg_name": pg, "pg_size": n, "pg_seq": perf.get(f"{kind}_sn"), "op": op,
             "api": f"nccl:{perf.get(kind)}", "dtype": None, "count": None,
-            "bytes": int(msg * (n if op in _GATHER_LIKE else 1)) if msg is not None else None,
+            "bytes": int(msg * (n if op in GATHER_LIKE else 1)) if msg is not None else None,
             "in_bytes": int(msg) if msg is not None else None,
             "out_bytes": None, "peer": perf.get("p2p_peer") if kind == "p2p" else None,
             "t_start_ns": int(c0) * 1000 if c0 else g0, "t_end_ns": g1, "t_return_ns": g1,

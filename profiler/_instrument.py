@@ -24,6 +24,7 @@ from ._groups import GroupInfo
 from ._ops import P2P_RECV, P2P_SEND
 from ._phases import _CURRENT
 from ._recorder import RECORDER
+from ._rows import R, X, format_exc, register_api
 from ._schema import OPS
 
 __all__ = ["instrument", "Instrumented", "wrap_method", "Desc", "SkipCall"]
@@ -70,14 +71,12 @@ def _emit_row(api_idx: int, op: str, desc: Desc, t0: int, t1: int, exc: BaseExce
     # The extra list carries source and cuda_graph (X.SOURCE, X.CUDA_GRAPH). Rows
     # and extras are tuples (the garbage collector stops tracking them) unless the writer must
     # later replace the CUDA event pair by a duration.
-    x = (None, "return", peer, root, False, None if exc is None else _format_exc(exc), device,
+    x = (None, "return", peer, root, False, None if exc is None else format_exc(exc), device,
          gpu, source, cuda_graph)
     if gpu is not None:
         x = list(x)
     row = (api_idx, t0, t1, t1, dtype, count, in_n, out_n, info, RECORDER._next_pg_seq(key),
            next(RECORDER.seq), _CURRENT.get(), _get_ident(), x)
-    if not _check_layout():
-        return None
     RECORDER._emit(row)
     return (api_idx, op, (dtype, n, info, peer, root, device), source)
 
@@ -104,37 +103,13 @@ def _device_of(tensor: Any) -> str:
     return f"{dev.type}:{dev.index}" if dev.index is not None else dev.type
 
 
-def _format_exc(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:2000]
-
-
-_LAYOUT_OK: list[bool] = []
-
-
-def _check_layout() -> bool:
-    """`_emit_row` builds raw rows by hand: if the recorder's layout changed, record nothing and
-    say so once, rather than write wrong rows."""
-    if not _LAYOUT_OK:
-        from ._rows import R, X
-
-        ok = (R.X, X.GPU, X.SOURCE, X.CUDA_GRAPH) == (13, 7, 8, 9) and \
-            hasattr(RECORDER, "_emit")
-        _LAYOUT_OK.append(ok)
-        if not ok:
-            raise RuntimeError("the recorder's row layout changed; update "
-                               "profiler/_instrument.py:_emit_row")
-    return _LAYOUT_OK[0]
+# `_emit_row` builds raw rows by hand: a change of the recorder's layout must fail here, at import,
+# rather than write wrong rows.
+if (R.X, X.GPU, X.SOURCE, X.CUDA_GRAPH) != (13, 7, 8, 9):
+    raise RuntimeError("the recorder's row layout changed; update profiler/_instrument.py:_emit_row")
 
 
 # -- wrapping ---------------------------------------------------------------------------------------
-def register_api(name: str, op: str) -> int:
-    """The api index of `name` (the `api` column) for operation `op`."""
-    from ._recorder import _register_api
-
-    return _register_api(name, op)
-
-
 def wrap_method(orig: Callable, api: str, op: str, describe: Callable[..., Desc],
                 source: str = "engine", post: Callable[[Any], tuple] | None = None) -> Callable:
     """A function that calls `orig` and records one row per call made while a session records.
@@ -218,12 +193,7 @@ def _is_compiling_fn() -> Callable[[], bool]:
         return lambda: False
 
 
-def _start_event() -> Any:
-    import torch
-
-    ev = torch.cuda.Event(enable_timing=True)
-    ev.record()
-    return ev
+_start_event = _cuda_graphs._event  # a timing CUDA event recorded now (None without CUDA)
 
 
 def _end_pair(ev: Any) -> Any:

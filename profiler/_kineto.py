@@ -16,9 +16,10 @@ from typing import IO, Any, NamedTuple
 
 import numpy as np
 
+from ._nccl_formats import GATHER_LIKE, OP_NAMES
 from ._trace_json import read_chrome_trace
 
-__all__ = ["KinetoRank", "read_kineto", "comm_kernel_op", "C10_DTYPES"]
+__all__ = ["KinetoRank", "read_kineto", "comm_kernel_op", "cpu_op_name_to_op", "C10_DTYPES"]
 
 #: c10 ScalarType names (collective metadata) and profiler `Input type` names -> (torch name, bytes).
 C10_DTYPES: dict[str, tuple[str, int]] = {
@@ -33,9 +34,6 @@ C10_DTYPES: dict[str, tuple[str, int]] = {
     "c10::Float8_e5m2": ("float8_e5m2", 1),
 }
 _ESIZE = {name: size for name, size in C10_DTYPES.values()}
-_NCCL_COLL = {"AllReduce": "all_reduce", "AllGather": "all_gather",
-              "ReduceScatter": "reduce_scatter", "Broadcast": "broadcast", "Reduce": "reduce",
-              "AllToAll": "all_to_all", "Gather": "gather", "Scatter": "scatter"}
 _NCCL_KERNEL_RE = re.compile(r"^nccl(?:Dev)?Kernel_([A-Za-z]+)")
 # Communication kernels that are not NCCL's (gpu-artifacts A.6): torch symmetric memory,
 # vLLM/SGLang custom all-reduce, one-/two-shot all-reduce.
@@ -51,7 +49,6 @@ _CPU_OP = [  # substring of a CPU op name -> op (first match wins; order matters
     ("allgather", "all_gather"), ("all_gather", "all_gather"), ("broadcast", "broadcast"),
     ("barrier", "barrier"), ("gather", "gather"), ("scatter", "scatter"), ("reduce", "reduce"),
     ("send", "send"), ("recv", "recv")]
-_GATHER_LIKE = frozenset({"all_gather", "reduce_scatter", "gather", "scatter"})
 _GRAPH_LAUNCH = ("cudaGraphLaunch", "hipGraphLaunch", "cuGraphLaunch")
 
 
@@ -59,14 +56,15 @@ def comm_kernel_op(name: str) -> tuple[bool, str | None]:
     """(is a communication kernel, op from the name or None when only metadata can tell)."""
     m = _NCCL_KERNEL_RE.match(name)
     if m:
-        return True, _NCCL_COLL.get(m.group(1))   # SendRecv / Generic: from the CPU op
+        return True, OP_NAMES.get(m.group(1))   # SendRecv / Generic: from the CPU op
     m = _OTHER_COMM_RE.search(name)
     if m:
         return True, "all_gather" if "all_gather" in m.group(1) else "all_reduce"
     return False, None
 
 
-def _cpu_op_name_to_op(name: str) -> str | None:
+def cpu_op_name_to_op(name: str) -> str | None:
+    """The op a c10d / framework op name or profiling name stands for (substring match)."""
     low = name.lower()
     return next((op for key, op in _CPU_OP if key in low), None)
 
@@ -213,7 +211,7 @@ def _row(c: _Collect, k: int, starts: dict, pg_config: dict, world: int | None) 
         row.update(host_ts=launch[0], host_end=launch[0], link="graph_launch" if launch[3]
                    else "launch")
     if md is not None:
-        op = _cpu_op_name_to_op(str(md["Collective name"])) or op
+        op = cpu_op_name_to_op(str(md["Collective name"])) or op
         dt = C10_DTYPES.get(str(md.get("dtype")))
         n_in, n_out = md.get("In msg nelems"), md.get("Out msg nelems")
         size = md.get("Group size")
@@ -228,7 +226,7 @@ def _row(c: _Collect, k: int, starts: dict, pg_config: dict, world: int | None) 
         row["metadata"] = "kernel" if md is kargs else "record_param_comms"
     else:
         if op is None:
-            op = next((o for o in (_cpu_op_name_to_op(n) for _t, _e, n, _a in chain) if o), None)
+            op = next((o for o in (cpu_op_name_to_op(n) for _t, _e, n, _a in chain) if o), None)
         count, tname = _bytes_from_cpu(chain)
         dt = C10_DTYPES.get(tname) if tname else None
         row.update(dtype=dt[0] if dt else None, count=count,
@@ -247,7 +245,7 @@ def _row(c: _Collect, k: int, starts: dict, pg_config: dict, world: int | None) 
     row["op"] = op
     esize = _ESIZE.get(row.get("dtype"))
     n = row.get("pg_size") or 1
-    row["bytes"] = (row["count"] * esize * (n if op in _GATHER_LIKE else 1)
+    row["bytes"] = (row["count"] * esize * (n if op in GATHER_LIKE else 1)
                     if row.get("count") is not None and esize else None)
     return row
 

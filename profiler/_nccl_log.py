@@ -11,6 +11,7 @@ operations (`_nccl_scan`), and only the rare lines that need it go to the Python
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 from collections import Counter, deque
@@ -38,7 +39,6 @@ __all__ = ["NcclLog", "parse_nccl_logs", "iter_log_files", "NcclLogError"]
 BLOCK_BYTES = 4 << 20
 _THREADS = max(1, min(4, os.cpu_count() or 1))
 _ANSI_RE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
-_clean_host = clean_host  # used by the nccl-tests parser
 
 
 class NcclLogError(OSError):
@@ -108,15 +108,8 @@ def _open_binary(path: str) -> IO[bytes]:
         raise NcclLogError(f"cannot read NCCL log {path}: {exc}") from exc
 
 
-def _open_text(path: str) -> Iterator[str]:
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(2)
-    except OSError as exc:
-        raise NcclLogError(f"cannot read NCCL log {path}: {exc}") from exc
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+def _open_text(path: str) -> IO[str]:
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace")
 
 
 def _blocks(fh: IO[bytes], block_bytes: int, error: list) -> Iterator[bytes]:

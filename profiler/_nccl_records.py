@@ -146,8 +146,9 @@ class RecordParser:
                     if joined is not None:
                         text, consumed = joined, whole
                         self.records[f"wrapped:{want}"] += 1
+                        kind = _kind(text)
                         break
-            self._info(text, ctx, where)
+            self._info(text, ctx, where, kind)
         return True, consumed
 
     def _unwrap(self, kind: str, text: str, nxt: str) -> tuple[str | None, bool]:
@@ -174,27 +175,19 @@ class RecordParser:
                 return joined, m is None
         return None, False
 
-    def _info(self, text: str, ctx: tuple, where: tuple) -> None:
+    def _info(self, text: str, ctx: tuple, where: tuple, kind: str | None) -> None:
         rec = self.records
         path, file_idx, lineno, sub = where
-        kind = _kind(text)
-        if kind == "collective":
-            m = COLL_RE.search(text)
-            if m:
+        if kind is not None:
+            m = _STRICT[kind].search(text)
+            if not m:
+                return self._torn(kind, text, path, lineno)
+            rec[kind] += 1
+            if kind == "collective":
                 self.colls.append((m, ctx, file_idx, lineno, sub))
-                rec["collective"] += 1
-                return
-            return self._torn(kind, text, path, lineno)
-        if kind == "tuning":
-            m = TUNING_RE.search(text)
-            if m:
+            elif kind == "tuning":
                 self.tunings.append((m, ctx, file_idx, lineno, sub))
-                rec["tuning"] += 1
-                return
-            return self._torn(kind, text, path, lineno)
-        if kind == "comm_init":
-            m = INIT_RE.search(text)
-            if m:
+            else:
                 d = m.groupdict()
                 self.inits.append({"host": ctx[0], "pid": ctx[1], "tid": ctx[2],
                                    "device": ctx[3], "comm": d["comm"], "rank": int(d["rank"]),
@@ -203,9 +196,7 @@ class RecordParser:
                                    "comm_id": d["comm_id"], "init_fn": d["fn"],
                                    "phase": d["phase"], "source": path, "line": lineno})
                 self.thread_comm[ctx[:3]] = d["comm"]
-                rec["comm_init"] += 1
-                return
-            return self._torn(kind, text, path, lineno)
+            return
         for tkind, key, regex in _TOPOLOGY_KINDS:
             if key in text:
                 m = regex.search(text)

@@ -33,6 +33,9 @@ _TORCH_OPS = pa.array([OP_NAMES[n] for n in NCCL_OPS.to_pylist()])
 _ROOTED = pa.array(["broadcast", "reduce", "gather", "scatter"])
 _P2P = pa.array(["send", "recv"])
 _INT_MAP = {pa.int64(): pd.Int64Dtype()}.get
+# `nccl_op` codes of the gather-like ops (see GATHER_LIKE).
+_GATHER_CODES = np.flatnonzero(np.isin(_TORCH_OPS.to_numpy(zero_copy_only=False),
+                                       list(GATHER_LIKE)))
 
 
 def _op_codes(names: list) -> np.ndarray:
@@ -120,7 +123,7 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any,
     esize = esize_lut[dt]
     b1 = np.where(esize > 0, c["count"] * esize, -1)
     # Gathers' tuning lines count every rank's part (count x elem x nranks), sometimes.
-    gather = np.isin(c["op_code"], _op_codes(["AllGather", "ReduceScatter", "Gather", "Scatter"]))
+    gather = np.isin(c["op_code"], _GATHER_CODES)
     b2 = np.where((esize > 0) & (c["nranks"] > 1) & gather, b1 * c["nranks"], -1)
     comm = pc.dictionary_encode(c["comm"], null_encoding="encode").indices
     tix = attach_tuning(_thread(c_code, c["pid"], c["tid"]), c_order, c["op_code"], b1, b2,
@@ -163,7 +166,6 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any,
 
 
 def communicators_table(inits: pd.DataFrame, topo: pd.DataFrame) -> pd.DataFrame:
-    """One row per (host, pid, comm) from the init lines, with per-communicator setup."""
     """One row per (host, pid, comm) from the init lines, with per-communicator setup."""
     cols = ["host", "pid", "comm", "rank", "nranks", "cuda_dev", "nvml_dev", "bus_id", "comm_id",
             "init_fn", "complete", "nccl_version", "coll_channels", "collnet_channels",

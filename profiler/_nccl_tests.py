@@ -16,7 +16,8 @@ from collections.abc import Iterable
 import pandas as pd
 
 from ._nccl_formats import PREFIX_RE
-from ._nccl_log import _clean_host, _open_text, iter_log_files
+from ._nccl_log import _open_text, iter_log_files
+from ._nccl_records import clean_host
 
 __all__ = ["parse_nccl_tests", "MEASUREMENT_COLUMNS"]
 
@@ -60,7 +61,7 @@ def _strip_nccl(line: str, hosts: set[str]) -> str:
     if p.start() == 0:
         hosts.add(host)
         return ""
-    known = _clean_host(host, hosts)
+    known = clean_host(host, hosts)
     if known != host:
         return line[:p.start(1) + len(host) - len(known)]
     return line[:p.start()]

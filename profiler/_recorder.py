@@ -22,12 +22,12 @@ from ._groups import GroupRegistry
 from ._ops import P2P_RECV, P2P_SEND
 from ._patching import Patches
 from ._phases import _CURRENT
-from ._rows import API_TABLE, DispatchHandle, R, X, _register_api, format_exc, register_api
+from ._rows import API_TABLE, R, X, _register_api, format_exc, register_api
 from ._work import WorkTracker
 
-# Re-exported for importers of the old single module (tests, benchmarks, _dispatch, _writer).
-__all__ = ["RECORDER", "Recorder", "API_TABLE", "R", "X", "DispatchHandle", "_register_api",
-           "register_api"]
+# `_register_api` is re-exported for importers of the old single module (tests, benchmarks,
+# _instrument); new code imports the row layout and registry from `_rows`.
+__all__ = ["RECORDER", "Recorder", "_register_api"]
 
 _get_ident = threading.get_ident
 
@@ -195,6 +195,7 @@ class Recorder:
         t1 = time_ns()
         me = self._my_rank()
         is_async = exc is None and bool(res)
+        phase, tid = _CURRENT.get(), _get_ident()  # one call: the same for every op
         rows = []
         for i, (is_send, info) in enumerate(infos):
             gi = self.groups.resolve_info(info[4])
@@ -208,7 +209,7 @@ class Recorder:
                  None if ev is None or i else [ev, None]]
             rows.append([_BATCH_SEND if is_send else _BATCH_RECV, t0, None if is_async else t1,
                          t1, info[0], info[1], info[2], info[3], gi, self._next_pg_seq(key),
-                         next(self.seq), _CURRENT.get(), _get_ident(), x])
+                         next(self.seq), phase, tid, x])
         if is_async:
             # Coalesced batches return one work for all ops; otherwise one per op.
             works = list(res)

@@ -172,7 +172,6 @@ class TraceSession:
         sync = final or (self._writer is not None and self._writer.on_thread())
         if final:
             self._wait_writer()  # queued jobs first: the in-flight file is removed last
-        if final:
             ready += started  # calls still blocked at close (e.g. SIGTERM during a hang)
             inflight = []
         else:
