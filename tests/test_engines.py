@@ -217,7 +217,10 @@ def test_tp1_records_no_tp_collectives(runs):
 
     _, run_dir, records = runs[1]
     assert [r for r in records if r["kind"] == "call"] == []  # nothing to reduce at TP=1
-    assert [r["step"] for r in records if r["kind"] == "step"] == [0, 1, 2, 3]
+    # vLLM's scheduler decides how many forward steps 4 tokens take (4, or 5 when it splits a
+    # step): the truth plugin's steps are numbered from 0 without gaps, and at least 4.
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == list(range(len(steps))) and len(steps) >= 4
     # a one-rank group moves nothing: no engine rows (the run may hold no rows at all)
     try:
         df = analysis.load_events(run_dir)
@@ -408,6 +411,18 @@ def test_worker_steps_are_phases_with_step_index(tmp_path, adapted):
                                                  "prefill", "prefill", "decode", "decode"]
 
 
+def _spec_from_other_finders(me, name, path, target):
+    """What the first finder on sys.meta_path other than `me` finds (as many import hooks do)."""
+    import sys
+
+    for f in sys.meta_path:
+        if f is not me and hasattr(f, "find_spec"):
+            spec = f.find_spec(name, path, target)
+            if spec is not None:
+                return spec
+    return None
+
+
 def test_post_import_hook_installs_once_and_tolerates_other_finders(tmp_path, monkeypatch):
     import importlib.abc
     import sys
@@ -426,12 +441,7 @@ def test_post_import_hook_installs_once_and_tolerates_other_finders(tmp_path, mo
         def find_spec(self, name, path, target=None):
             if name != "cs_fake_engine_mod":
                 return None
-            for f in sys.meta_path:
-                if f is not self and hasattr(f, "find_spec"):
-                    spec = f.find_spec(name, path, target)
-                    if spec is not None:
-                        return spec
-            return None
+            return _spec_from_other_finders(self, name, path, target)
 
     greedy = Greedy()
     monkeypatch.setitem(_engines._TARGETS, "cs_fake_engine_mod", ("fake.groups", on_import))
@@ -478,13 +488,10 @@ def test_post_import_hook_next_to_a_wrapping_finder_placed_before_it(tmp_path, m
         def find_spec(self, name, path, target=None):
             if name != "cs_fake_engine_mod2":
                 return None
-            for f in sys.meta_path:
-                if f is not self and hasattr(f, "find_spec"):
-                    spec = f.find_spec(name, path, target)
-                    if spec is not None:
-                        spec.loader = Counting(spec.loader)
-                        return spec
-            return None
+            spec = _spec_from_other_finders(self, name, path, target)
+            if spec is not None:
+                spec.loader = Counting(spec.loader)
+            return spec
 
     monkeypatch.setitem(_engines._TARGETS, "cs_fake_engine_mod2",
                         ("fake2.groups", lambda mod: ours.append(mod.VALUE)))
