@@ -77,7 +77,7 @@ def _emit_row(api_idx: int, op: str, desc: Desc, t0: int, t1: int, exc: BaseExce
         x = list(x)
     row = (api_idx, t0, t1, t1, dtype, count, in_n, out_n, info, RECORDER._next_pg_seq(key),
            next(RECORDER.seq), _CURRENT.get(), _get_ident(), x)
-    RECORDER._emit(row)
+    RECORDER.emit(row)
     return (api_idx, op, (dtype, n, info, peer, root, device), source)
 
 

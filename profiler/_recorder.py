@@ -17,6 +17,7 @@ import threading
 from time import time_ns
 from typing import Any
 
+from ._columns import K, KeyTable
 from ._cuda_events import cuda_available, end_event, start_event
 from ._groups import GroupRegistry
 from ._ops import P2P_RECV, P2P_SEND
@@ -24,6 +25,7 @@ from ._patching import Patches
 from ._phases import _CURRENT
 from ._rows import API_TABLE, R, X, _register_api, format_exc, register_api
 from ._work import WorkTracker
+from ._wrappers import entry_row
 
 # `_register_api` is re-exported for importers of the old single module (tests, benchmarks,
 # _instrument); new code imports the row layout and registry from `_rows`.
@@ -50,6 +52,7 @@ class Recorder:
         self.seq = itertools.count()
         self.counters: dict[Any, itertools.count] = {}
         self.work = WorkTracker()
+        self.keys = KeyTable()  # interned fields of packed records (never reset: codes persist)
         self.pending = self.work.pending                  # id(Work) -> (work, rows)
         self.pending_tensors = self.work.pending_tensors  # id(tensor) -> (tensor, rows)
         self.cuda_timing = False
@@ -182,7 +185,7 @@ class Recorder:
             x[X.COMPLETION] = "return"
             if x[X.GPU] is not None:
                 end_event(row)
-        self._emit(row)
+        self.emit(row)
 
     def record(self, api_idx: int, info: tuple, t0: int, res: Any, exc: BaseException | None,
                ev: Any) -> None:
@@ -222,13 +225,15 @@ class Recorder:
         elif ev is not None and rows:
             end_event(rows[0])
         for row in rows:
-            self._emit(row)
+            self.emit(row)
 
     def started_rows(self) -> list:
         """Snapshot of the calls in flight right now (entered, not returned), as 'started' rows."""
         out = []
-        for row in list(self.busy.values()):
-            if row is True or row[R.TRET] is not None:
+        for tid, row in list(self.busy.items()):
+            if type(row) is tuple:  # a fast-path call's entry tuple
+                row = entry_row(row, tid)
+            elif row is True or row[R.TRET] is not None:
                 continue
             row = list(row)
             x = row[R.X]
@@ -238,11 +243,13 @@ class Recorder:
             out.append(row)
         return out
 
-    def _emit(self, row: list) -> None:
+    def emit(self, row: list) -> None:
+        """Hand a completed or pending raw row to every recording session."""
         for s in self.sessions:
             buf = s._buf
             buf.append(row)
-            if len(buf) >= s.flush_events:
+            s._flush_at -= K  # one event less before the packed records reach flush_events
+            if len(buf) + len(s._cols) >= s.flush_events:
                 s.flush(blocking=False)
 
 

@@ -10,7 +10,10 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+import pyarrow as pa
+
 from ._clock import Agreement, agree
+from ._columns import ColumnBuffer, K
 from ._cuda_events import resolve_gpu_times
 from ._metadata import collect_metadata
 from ._recorder import RECORDER
@@ -19,7 +22,7 @@ from ._rundir import new_run_id, reserve_run_dir, write_metadata_file
 from ._schema import SCHEMA_VERSION
 from ._signals import OPEN as _OPEN
 from ._signals import install_exit_handlers, signals_deferred
-from ._writer import Identity, rows_to_table, write_part
+from ._writer import Identity, columns_to_table, rows_to_table, write_part
 from ._writer_thread import WriterThread
 
 __all__ = ["TraceSession", "trace", "CAPTURE_MODES"]
@@ -59,7 +62,12 @@ class TraceSession:
         self.flush_interval_s = float(flush_interval_s)
         self.events_written = 0
         self.parts = 0
-        self._buf: list = []
+        self._buf: list = []  # raw rows (`_rows.R`): async, unusual and engine calls
+        self._cols = ColumnBuffer()  # packed records of ordinary calls
+        # Length of the packed buffer (in int64 values) at which the hot path flushes: the
+        # flush_events budget less the raw rows buffered (each raw row lowers it by K), so the
+        # hot path compares one number.
+        self._flush_at = self.flush_events * K
         self._carry: list = []
         self._lock = threading.Lock()         # one flush at a time
         self._close_lock = threading.Lock()   # a second close waits for the first
@@ -151,10 +159,13 @@ class TraceSession:
             self.flush(blocking=False)
 
     def _flush_locked(self, final: bool) -> int:
+        packed = self._cols.take()
+        keys = RECORDER.keys.snapshot()  # after take(): every code in `packed` is in it
         buf = self._buf
         n = len(buf)
         chunk = self._carry + buf[:n]
         del buf[:n]  # rows appended meanwhile by other threads stay in the buffer
+        self._flush_at = (self.flush_events - len(buf)) * K
         ready, pending = [], []
         for row in chunk:
             if row[R.TEND] is not None:
@@ -176,12 +187,12 @@ class TraceSession:
             inflight = []
         else:
             inflight = started + [_marked(r, "started", end=None) for r in pending]
-        if ready:
-            self._write(ready, sync=sync)
+        if ready or len(packed):
+            self._write(ready, packed, keys, sync=sync)
         if inflight or self._inflight_on_disk:
             self._submit(self._write_inflight, (inflight,), sync)
             self._inflight_on_disk = bool(inflight)
-        return len(ready)
+        return len(ready) + len(packed)
 
     def close(self) -> None:
         """Stop recording and write everything; safe to call more than once, from any thread
@@ -253,14 +264,14 @@ class TraceSession:
                                        os.getpid(), world_pg)
             return self._ident
 
-    def _write(self, rows: list, sync: bool) -> None:
+    def _write(self, rows: list, packed: Any, keys: list, sync: bool) -> None:
         # Group infos as of this flush, for rows that name their group (the hooks' rows carry
         # their GroupInfo); identity and folder are resolved on the writer thread.
         groups = dict(RECORDER.groups.infos)
         part, first = self.parts, self.parts == 0
         self.parts += 1
-        self.events_written += len(rows)
-        self._submit(self._write_part, (rows, groups, part, first), sync)
+        self.events_written += len(rows) + len(packed)
+        self._submit(self._write_part, (rows, packed, keys, groups, part, first), sync)
         if len(self._pending_writes) > 2:  # bound memory: at most two tables in flight
             self._drain_writes(keep=2)
 
@@ -283,10 +294,16 @@ class TraceSession:
             self._writer.submit(lambda: None).result()
         self._drain_writes()
 
-    def _write_part(self, rows: list, groups: dict, part: int, first: bool) -> str:
+    def _write_part(self, rows: list, packed: Any, keys: list, groups: dict, part: int,
+                    first: bool) -> str:
         ident = self._identity()
-        path = write_part(rows_to_table(rows, ident, groups), self.rank_dir,
-                          f"part-{ident.pid}-{part:05d}.parquet")
+        table = columns_to_table(packed, keys, ident, groups)
+        if rows:
+            # Packed and raw rows interleave in time: one part in call order (seq).
+            table = pa.concat_tables([table, rows_to_table(rows, ident, groups)])
+            if len(packed):
+                table = table.sort_by("seq")
+        path = write_part(table, self.rank_dir, f"part-{ident.pid}-{part:05d}.parquet")
         if first:
             self._write_metadata(final=False)
         return path

@@ -9,14 +9,17 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+from struct import error as struct_error
 from time import time_ns
 from typing import Any
 
+from ._columns import pack
 from ._ops import ApiSpec
 from ._phases import _CURRENT
 from ._work import mark_wait
 
-__all__ = ["make_wrapper", "make_batch_wrapper", "make_lifecycle_wrapper", "make_wait_tensor"]
+__all__ = ["make_wrapper", "make_batch_wrapper", "make_lifecycle_wrapper", "make_wait_tensor",
+           "entry_row"]
 
 _get_ident = threading.get_ident
 
@@ -35,6 +38,11 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
     resolve_info = rec.groups.resolve_info
     counters = rec.counters
     phase_get = _CURRENT.get
+    key_code = rec.keys.code
+    # The last (dtype, group, phase, key code, step) of this API, as one tuple so that threads
+    # read and replace it whole: consecutive calls almost always share them, so the key table
+    # is consulted about once per phase.
+    last = [(None, None, None, 0, 0)]
 
     @functools.wraps(orig)
     def wrapper(*args, **kwargs):
@@ -45,8 +53,8 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
         try:
             info = extract(*args, **kwargs)
             if simple and not info[7] and info[9] is None and not rec.cuda_timing:
-                # Fast path (the common case), inlined: the row is built at entry and completed
-                # in place at return.
+                # Fast path (the common case), inlined: an entry tuple while the call runs (a
+                # timed flush writes it as 'started'), one packed record once it returned.
                 g = info[4]
                 gi = infos_get(g)
                 if gi is None:
@@ -54,37 +62,58 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
                 c = counters.get(gi[0])
                 if c is None:
                     c = counters.setdefault(gi[0], itertools.count())
-                row = [api_idx, t0, None, None, info[0], info[1], info[2], info[3], gi, next(c),
-                       next(rec.seq), phase_get(), tid, None]
-                fast = True
+                entry = (api_idx, t0, info, gi, next(c), next(rec.seq), phase_get())
+                busy[tid] = entry
             else:
+                entry = None
                 row = begin(api_idx, info, t0,
                             rec.start_event(info[8]) if rec.cuda_timing else None)
-                fast = False
+                busy[tid] = row  # a timed flush writes it as 'started' until the call returns
         except Exception:
             # Arguments we cannot read: let torch handle (and reject) them untouched.
             return orig(*args, **kwargs)
-        busy[tid] = row  # a timed flush writes it as 'started' until the call returns
         try:
             res = orig(*args, **kwargs)
         except BaseException as exc:
             del busy[tid]
-            finish(row, None, exc)
+            finish(entry_row(entry, tid) if entry is not None else row, None, exc)
             raise
         del busy[tid]
-        if fast:
-            row[2] = row[3] = time_ns()  # R.TEND, R.TRET
-            for s in sessions:
-                buf = s._buf
-                buf.append(row)
-                if len(buf) >= s.flush_events:
-                    s.flush(blocking=False)
+        if entry is None:
+            finish(row, res, None)
             return res
-        finish(row, res, None)
+        t1 = time_ns()
+        ph = entry[6]
+        dt = info[0]
+        k = last[0]
+        if dt is k[0] and gi is k[1] and ph is k[2]:
+            code, step = k[3], k[4]
+        else:
+            code, step = key_code(api_idx, dt, gi, ph)
+            last[0] = (dt, gi, ph, code, step)
+        try:
+            packed = pack(t0, t1, info[1], info[2], info[3], entry[4], entry[5], tid, step, code)
+        except struct_error:  # a field that is not an int64: an ordinary row instead
+            row = entry_row(entry, tid)
+            row[2] = row[3] = t1  # R.TEND, R.TRET
+            rec.emit(row)
+            return res
+        for s in sessions:
+            ints = s._cols.ints
+            ints.frombytes(packed)
+            if len(ints) >= s._flush_at:  # see TraceSession._flush_at
+                s.flush(blocking=False)
         return res
 
     wrapper.__commscope_original__ = orig
     return wrapper
+
+
+def entry_row(entry: tuple, tid: int) -> list:
+    """The raw row (`_rows.R`) of a fast-path call from its entry tuple (returned or not)."""
+    api_idx, t0, info, gi, pg_seq, seq, ph = entry
+    return [api_idx, t0, None, None, info[0], info[1], info[2], info[3], gi, pg_seq, seq, ph,
+            tid, None]
 
 
 def make_batch_wrapper(rec: Any, orig: Any) -> Any:

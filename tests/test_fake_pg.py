@@ -267,3 +267,88 @@ def test_coalesced_functional_collective_completes_once(tmp_path):
     df = _events(s)
     assert df["api"].tolist() == ["funcol.all_reduce_coalesced"]
     assert df["count"].tolist() == [8] and df["completion"].tolist() == ["wait_tensor"]
+
+
+def _part_seqs(session) -> list[list[int]]:
+    import glob
+
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(f"{session.rank_dir}/part-*-0*.parquet"))
+    return [pq.read_table(f, columns=["seq"])["seq"].to_pylist() for f in files]
+
+
+def test_packed_and_raw_rows_share_parts_in_call_order(tmp_path):
+    """Blocking calls are packed records, async ones raw rows: a part holds both, in call order,
+    with exact values, and flush_events counts both kinds."""
+    with profiler.trace(tmp_path, flush_events=4) as s:
+        dist.all_reduce(torch.ones(3))                        # packed
+        w = dist.all_reduce(torch.ones(5), async_op=True)     # raw
+        dist.all_gather_into_tensor(torch.empty(2 * WORLD), torch.ones(2))  # packed
+        w.wait()
+        with profiler.phase("decode", step=7):
+            dist.broadcast(torch.ones(4, dtype=torch.float16), src=1)       # raw (rooted)
+            dist.all_reduce(torch.ones(6, dtype=torch.float64))             # packed, step 7
+        dist.barrier()                                        # packed, no dtype
+    assert _part_seqs(s) == [[0, 1, 2, 3], [4, 5]]  # 4 events (both kinds) made the first part
+    df = _events(s)
+    assert df["api"].tolist() == ["all_reduce", "all_reduce", "all_gather_into_tensor",
+                                  "broadcast", "all_reduce", "barrier"]
+    assert df["count"].tolist() == [3, 5, 2, 4, 6, 0]
+    assert df["bytes"].tolist() == [12, 20, 8 * WORLD, 8, 48, 0]
+    assert df["out_bytes"].tolist() == [12, 20, 8 * WORLD, 8, 48, 0]
+    assert df["dtype"].tolist()[:5] == ["float32", "float32", "float32", "float16", "float64"]
+    assert df["dtype"].isna().tolist() == [False] * 5 + [True]
+    assert df["completion"].tolist() == ["return", "wait", "return", "return", "return", "return"]
+    assert df["async_op"].tolist() == [False, True, False, False, False, False]
+    assert df["root"].tolist()[3] == 1
+    assert df["phase"].tolist()[3:5] == ["decode", "decode"]
+    assert df["step"].tolist()[3:5] == [7, 7]
+    assert df["step"].isna().tolist() == [True, True, True, False, False, True]
+    assert (df["t_end_ns"] >= df["t_start_ns"]).all()
+    packed = df["api"].ne("broadcast") & ~df["async_op"]
+    assert (df.loc[packed, "t_end_ns"] == df.loc[packed, "t_return_ns"]).all()
+    assert df["pg_seq"].tolist() == list(range(6))
+
+
+def test_threads_in_different_phases_each_get_their_own(tmp_path):
+    """The hook caches the last (dtype, group, phase) per API; threads interleaving calls in
+    different phases and dtypes must never get each other's."""
+    n_threads, n_calls = 4, 400
+    started = threading.Barrier(n_threads)
+    dtypes = [torch.float32, torch.float16, torch.bfloat16, torch.int64]
+
+    def work(i):
+        started.wait()
+        with profiler.phase(f"t{i}", step=i):
+            for k in range(n_calls):
+                with profiler.phase("inner", step=100 * i + k % 3):
+                    dist.all_reduce(torch.ones(i + 1, dtype=dtypes[i]))
+
+    with profiler.trace(tmp_path, flush_events=97) as s:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    df = _events(s)
+    assert len(df) == n_threads * n_calls
+    i = df["count"] - 1
+    assert (df["phase_path"] == "t" + i.astype(str) + "/inner").all()
+    assert (df["dtype"] == i.map(lambda j: str(dtypes[j]).removeprefix("torch."))).all()
+    assert sorted(df["step"] - 100 * i) == sorted([k % 3 for k in range(n_calls)] * n_threads)
+
+
+def test_a_value_that_does_not_pack_is_recorded_as_a_raw_row(tmp_path):
+    class OddNumel(torch.Tensor):
+        def numel(self):  # not an int64: the packed record cannot hold it
+            return None
+
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(3).as_subclass(OddNumel))
+        dist.all_reduce(torch.ones(2))
+    df = _events(s)
+    assert df["api"].tolist() == ["all_reduce", "all_reduce"]
+    assert df["count"].isna().tolist() == [True, False]
+    assert df["count"].tolist()[1] == 2
+    assert df["completion"].tolist() == ["return", "return"]
