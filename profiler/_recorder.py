@@ -2,8 +2,9 @@
 
 One process-wide `Recorder` owns the installed wrappers (`_patching`, `_wrappers`), the counters
 (`seq`, `pg_seq`) and the async completion tracker (`_work`); every active `TraceSession`
-receives each row. The hot path builds one row per call and appends it to the sessions'
-buffers; everything derived (names, bytes, labels, Arrow conversion) is computed at flush time.
+receives each call. An ordinary blocking call becomes one packed int64 record in each session's
+`ColumnBuffer` (`_columns`); other calls (async, rooted, CUDA-timed, engine methods) a raw row
+(`_rows.R`). Everything derived (names, bytes, labels, Arrow conversion) is computed at flush.
 
 Re-entry: torch delegates internally (`all_gather_into_tensor` -> `all_gather_single`,
 `send` -> `isend`); a per-thread busy flag makes the outermost call the only one recorded.
