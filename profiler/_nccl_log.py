@@ -24,13 +24,12 @@ import numpy as np
 import pandas as pd
 
 from ._nccl_records import MAX_SAMPLES_PER_FILE, RecordParser, clean_host
-from ._nccl_scan import PLAIN_KINDS, BlockScan, scan_block
+from ._nccl_scan import PAD_BYTES, PLAIN_KINDS, BlockScan, scan_block
 from ._nccl_tables import (
     INIT_COLUMNS,
     TOPO_COLUMNS,
     collectives_table,
     communicators_table,
-    join_ranks,
 )
 
 __all__ = ["NcclLog", "parse_nccl_logs", "iter_log_files", "NcclLogError"]
@@ -112,36 +111,57 @@ def _open_text(path: str) -> IO[str]:
     return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace")
 
 
-def _blocks(fh: IO[bytes], block_bytes: int, error: list) -> Iterator[bytes]:
-    """Blocks of whole lines (the file's last line gets a newline if it lacks one). A read
-    error (a truncated gzip stream) ends the blocks and is put in `error`; the lines before
-    it are yielded."""
+def _blocks(fh: IO[bytes], block_bytes: int, error: list) -> Iterator[bytearray]:
+    """Blocks of whole lines, each followed by the scanner's PAD_BYTES (the file's last line
+    gets a newline if it lacks one). Each block is read straight into its own buffer, after
+    the previous block's unfinished line (no second copy). A read error (a truncated gzip
+    stream) ends the blocks and is put in `error`; the lines before it are yielded."""
     carry = b""
     while True:
+        buf = bytearray(len(carry) + block_bytes + len(PAD_BYTES))
+        buf[:len(carry)] = carry
         try:
-            chunk = fh.read(block_bytes)
+            n = fh.readinto(memoryview(buf)[len(carry):len(carry) + block_bytes])
         except (OSError, EOFError, ValueError) as exc:
             error.append(exc)
-            chunk = b""
-        if not chunk:
+            n = 0
+        if not n:
             if carry:
-                yield carry + b"\n"
+                yield bytearray(carry + b"\n" + PAD_BYTES)
             return
-        cut = chunk.rfind(b"\n") + 1
+        end = len(carry) + n
+        cut = buf.rfind(b"\n", 0, end) + 1
         if cut == 0:  # one line longer than a block: keep reading
-            carry += chunk
+            carry = bytes(buf[:end])
             continue
-        block = carry + memoryview(chunk)[:cut]  # one copy
-        carry = chunk[cut:]
-        yield block
+        carry = bytes(buf[cut:end])
+        buf[cut:cut + len(PAD_BYTES)] = PAD_BYTES
+        del buf[cut + len(PAD_BYTES):]
+        yield buf
 
 
-def _scan(block: bytes) -> tuple[bytes, BlockScan]:
+def _strip_ansi(block: bytes | bytearray) -> bytes:
+    """`block` without colour codes. A code starts at ESC and holds no ESC, so matching at each
+    ESC (found by memchr) is what `re.sub` does, without the regex walking every byte while
+    holding the GIL."""
+    view, parts, pos = memoryview(block), [], 0
+    i = block.find(b"\x1b")
+    while i >= 0:
+        m = _ANSI_RE.match(block, i)
+        if m:
+            parts.append(view[pos:i])
+            pos = m.end()
+        i = block.find(b"\x1b", i + 1)
+    parts.append(view[pos:])
+    return b"".join(parts)
+
+
+def _scan(block: bytes | bytearray) -> tuple[bytes | bytearray, BlockScan]:
     if b"\x1b" in block:  # colour codes (they never contain a newline)
-        block = _ANSI_RE.sub(b"", block)
+        block = _strip_ansi(block)
     if not block.isascii():
         block = block.decode("utf-8", "replace").encode("utf-8")
-    return block, scan_block(block)
+    return block, scan_block(block, padded=True)
 
 
 class _Parser:
@@ -247,12 +267,15 @@ class _Parser:
         warns = pd.DataFrame(rec.warns, columns=["host", "pid", "tid", "device", "text",
                                                  "source", "line"])
         unparsed = pd.DataFrame(rec.unparsed, columns=["source", "line", "reason", "text"])
-        colls = collectives_table(self.fast_c, self.fast_t, rec, files)
-        for df in (inits, topo, warns):
-            if len(df):
-                df["host"] = [clean_host(h, rec.hosts) for h in df["host"]]
-        comms = communicators_table(inits, topo)
-        colls = join_ranks(colls, comms)
+
+        def comms_of() -> pd.DataFrame:
+            # Called once the collectives' host names have taught `rec.hosts` the real ones.
+            for df in (inits, topo, warns):
+                if len(df):
+                    df["host"] = [clean_host(h, rec.hosts) for h in df["host"]]
+            return communicators_table(inits, topo)
+
+        colls, comms = collectives_table(self.fast_c, self.fast_t, rec, files, comms_of)
         records = Counter({k: v for k, v in self.counts.items() if v})
         records.update({k: v for k, v in rec.records.items() if v})
         return NcclLog(colls, comms, topo, warns, unparsed, {

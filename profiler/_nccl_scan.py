@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._nccl_formats import DTYPES, OP_NAMES
+from ._nccl_numbers import parse_decimal, parse_hex, word_view
 
-__all__ = ["BlockScan", "scan_block", "ragged_strings", "NCCL_OPS", "PLAIN_KINDS"]
+__all__ = ["BlockScan", "scan_block", "PAD_BYTES", "ragged_strings", "NCCL_OPS", "PLAIN_KINDS"]
 
 #: Kinds of lines without an NCCL record (codes of `BlockScan.plain_kind`).
 PLAIN_KINDS = ("blank", "comment", "table_row", "not_recognised")
@@ -32,11 +33,6 @@ PLAIN_KINDS = ("blank", "comment", "table_row", "not_recognised")
 NCCL_OPS = pa.array(sorted(OP_NAMES))
 # Lookups by ncclDataType_t (only the known types take the fast path).
 _DT_ESIZE = np.array([DTYPES[i][1] for i in range(len(DTYPES))], np.int64)
-_HEX = np.full(256, -1, np.int64)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX[_c] = 10 + _i
 # Keywords of the INIT/topology/version lines the Python parser reads field by field.
 _DETAIL_RE = (r"- Init |NCCL version|coll channels| via |Ring |Channel |Trees |Using network|"
               r"NET/Plugin|: Using |NVLS|cudaDriverVersion")
@@ -44,6 +40,8 @@ _NUM = r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
 # An nccl-tests result row (or a fragment of one): numbers first, then numbers/type/op names.
 _TABLE_ROW_RE = rf"^\s*{_NUM}(?:\s+(?:{_NUM}|N/A|[A-Za-z]\w*))*\s*$"
 _PAD = 64  # bytes of padding so fixed-offset reads never leave the array
+_SENTINELS = 24
+PAD_BYTES = b" " * _SENTINELS + b"\0" * (_PAD - _SENTINELS)
 
 
 @dataclass
@@ -62,7 +60,19 @@ class BlockScan:
 
 
 def ragged_strings(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
-    """Arrow strings a[start[i]:end[i]] gathered into one buffer (no Python per string)."""
+    """Arrow strings a[start[i]:end[i]] gathered into one buffer (no Python per string).
+
+    Spans in order and apart (the usual case: one field per record, records in log order)
+    are cut out of the block's own buffer: it is viewed as strings [gap, span, gap, span, ...]
+    and Arrow's take copies the spans. Others are gathered byte by byte with numpy."""
+    n = len(start)
+    if n and bool((end >= start).all()) and bool((start[1:] >= end[:-1]).all()):
+        offs = np.empty(2 * n + 1, np.int64)
+        offs[0] = 0
+        offs[1::2] = start
+        offs[2::2] = end
+        every = pa.LargeStringArray.from_buffers(2 * n, pa.py_buffer(offs), pa.py_buffer(a))
+        return every.take(pa.array(np.arange(1, 2 * n, 2)))
     lens = (end - start).astype(np.int64)
     offs = np.zeros(len(lens) + 1, np.int64)
     np.cumsum(lens, out=offs[1:])
@@ -73,33 +83,6 @@ def ragged_strings(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Arra
     else:
         data = np.zeros(0, np.uint8)
     return pa.LargeStringArray.from_buffers(len(lens), pa.py_buffer(offs), pa.py_buffer(data))
-
-
-_POW10 = 10 ** np.arange(19, dtype=np.int64)
-_POW16 = 16 ** np.arange(16, dtype=np.int64)
-
-
-def _number(a: np.ndarray, start: np.ndarray, end: np.ndarray, hexa: bool = False):
-    """Unsigned integers written in a[start:end]; returns (values, ok) with ok False for an
-    empty, too long or non-digit field. One (rows x widest field) gather, no loop per digit."""
-    width = end - start
-    ok = (width > 0) & (width <= (15 if hexa else 18))
-    w = int(width[ok].max(initial=0))
-    if w == 0:
-        return np.zeros(len(start), np.int64), ok
-    if w == 1:  # the common one-digit fields (datatype, op, root, device ...)
-        d = a[np.minimum(start, len(a) - 1)]
-        d = _HEX[d] if hexa else d.astype(np.int64) - 48
-        return np.where(ok, d, 0), ok & (d >= 0) & (d < (16 if hexa else 10))
-    j = np.arange(w)
-    live = j < np.where(ok, width, 0)[:, None]
-    c = a[np.minimum(start[:, None] + j, len(a) - 1)]
-    d = _HEX[c] if hexa else c.astype(np.int64) - 48
-    ok &= ((d >= 0) & (d < (16 if hexa else 10)) | ~live).all(axis=1)
-    exp = np.clip(width[:, None] - 1 - j, 0, None)
-    val = (np.where(live, d, 0) * (_POW16 if hexa else _POW10)[np.minimum(exp, 15 if hexa else 18)]
-           ).sum(axis=1)
-    return val, ok
 
 
 def _windows(sp: np.ndarray, k: np.ndarray, le: np.ndarray, n: int):
@@ -118,28 +101,27 @@ def _labels(a, start, end, cols, words) -> np.ndarray:
 
 
 def _strings(a: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]]) -> list[pa.Array]:
-    """Several string columns in one gather (see `ragged_strings`)."""
-    if not len(bounds[0][0]):
-        return [pa.array([], pa.large_string()) for _ in bounds]
-    n = len(bounds[0][0])
-    allv = ragged_strings(a, np.concatenate([b[0] for b in bounds]),
-                          np.concatenate([b[1] for b in bounds]))
-    return [allv.slice(i * n, n) for i in range(len(bounds))]
+    """Several string columns (see `ragged_strings`)."""
+    return [ragged_strings(a, s, e) if len(s) else pa.array([], pa.large_string())
+            for s, e in bounds]
 
 
-def scan_block(block: bytes) -> BlockScan:
-    """Scan a block of complete lines (each ending in `\\n`)."""
-    a = np.frombuffer(block + b"\0" * _PAD, np.uint8)
-    size = len(block)
+def scan_block(block: bytes | bytearray, padded: bool = False) -> BlockScan:
+    """Scan a block of complete lines (each ending in `\\n`). `padded`: the block already
+    ends in PAD_BYTES of padding after its lines (saves a copy of the block)."""
+    if padded:
+        a, size = np.frombuffer(block, np.uint8), len(block) - _PAD
+    else:
+        a, size = np.frombuffer(block + PAD_BYTES, np.uint8), len(block)
     nl = np.flatnonzero(a[:size] == 10)
     n_lines = len(nl)
     l_start = np.empty(n_lines, np.int64)
     l_start[:1] = 0
     l_start[1:] = nl[:-1] + 1
     l_end = nl - (a[np.maximum(nl - 1, 0)] == 13)  # without "\r\n"
-    sp = np.flatnonzero(a[:size] == 32)
-    # Sentinels: token reads past the last space land on the block end.
-    sp = np.concatenate([sp, np.full(24, size, np.int64)])
+    # The padding starts with 24 spaces: sentinels, so token reads past the block's last space
+    # land at or after the block end (outside every line) without a copy of `sp`.
+    sp = np.flatnonzero(a[:size + _SENTINELS] == 32)
     # Every line as Arrow strings over the block's own bytes (no copy), for the RE2 passes.
     offs = np.empty(n_lines + 1, np.int64)
     offs[:-1] = l_start
@@ -147,7 +129,7 @@ def scan_block(block: bytes) -> BlockScan:
     whole = pa.LargeStringArray.from_buffers(n_lines, pa.py_buffer(offs), pa.py_buffer(block))
 
     # Markers: " NCCL INFO " / " NCCL WARN ".
-    k = np.flatnonzero(a[sp[:-24] + 1] == 78)
+    k = np.flatnonzero(a[sp[:-_SENTINELS] + 1] == 78)
     c = sp[k]
     hit = (a[c + 2] == 67) & (a[c + 3] == 67) & (a[c + 4] == 76) & (a[c + 5] == 32)
     k, c = k[hit], c[hit]
@@ -184,8 +166,9 @@ def scan_block(block: bytes) -> BlockScan:
     is_coll = is_op & (a[s3] == 111) & (a[s3 + 2] == 67) & (sp[k + 4] - s3 == 7)  # opCount
     s4 = sp[k + 4] + 1
     is_tun = is_op & ~is_coll & (a[s4] == 66) & (a[s4 + 4] == 115) & (sp[k + 5] - s4 == 5)
-    colls, c_ok = _colls(a, np.flatnonzero(is_coll), k, le, sp, l_start[m_line], op_code)
-    tun, t_ok = _tunings(a, np.flatnonzero(is_tun), k, le, sp, l_start[m_line], op_code)
+    words = word_view(a)
+    colls, c_ok = _colls(a, words, np.flatnonzero(is_coll), k, le, sp, l_start[m_line], op_code)
+    tun, t_ok = _tunings(a, words, np.flatnonzero(is_tun), k, le, sp, l_start[m_line], op_code)
     # A collective name that did not parse: torn or wrapped (the Python parser joins lines).
     bad = is_op.copy()
     bad[c_ok] = False
@@ -195,8 +178,11 @@ def scan_block(block: bytes) -> BlockScan:
     rest = ~is_op
     detail = np.zeros(rest.sum(), bool)
     if detail.size:
-        detail = pc.match_substring_regex(whole.take(pa.array(m_line[rest])),
-                                          _DETAIL_RE).to_numpy(zero_copy_only=False)
+        # Chatter repeats (one text per thread and message): the regex sees each text once.
+        enc = pc.dictionary_encode(whole.take(pa.array(m_line[rest])))
+        per_text = pc.match_substring_regex(enc.dictionary, _DETAIL_RE).to_numpy(
+            zero_copy_only=False)
+        detail = per_text[enc.indices.to_numpy(zero_copy_only=False)]
     to_python.append(m_line[rest][detail])
 
     # Lines without any marker.
@@ -233,7 +219,8 @@ def _prefix(a, sp, k, ls):
     idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ok = ok_u[idx]
     pid, tid, dev, off = nums[idx].T
-    return ok, hosts.take(enc.indices), pid, tid, dev, _blank_before(a, ls, tok_s + off)
+    host = pa.DictionaryArray.from_arrays(enc.indices, hosts)  # rows are not materialized
+    return ok, host, pid, tid, dev, _blank_before(a, ls, tok_s + off)
 
 
 def _blank_before(a: np.ndarray, ls: np.ndarray, host_s: np.ndarray) -> np.ndarray:
@@ -251,7 +238,7 @@ def _blank_before(a: np.ndarray, ls: np.ndarray, host_s: np.ndarray) -> np.ndarr
     return out
 
 
-def _colls(a, idx, k, le, sp, ls, op_code):
+def _colls(a, words, idx, k, le, sp, ls, op_code):
     """Fields of clean COLL records: tokens 3.. are `opCount X sendbuff X recvbuff X count N
     datatype N op N root N comm X [nranks=N] stream X` (`[nranks=N]` since 2.x)."""
     kk, lee = k[idx], le[idx]
@@ -268,13 +255,13 @@ def _colls(a, idx, k, le, sp, ls, op_code):
     # The stream value ends the line (RCCL adds fields: those take the Python path), and
     # every token lies inside the line (a record cut short would borrow the next line's).
     ok &= inside[r, 20 + sh] & ~inside[r, 21 + sh] & (ve > vs)
-    opc, o1 = _number(a, st[:, 4], en[:, 4], hexa=True)
-    count, o2 = _number(a, st[:, 10], en[:, 10])
-    dt, o3 = _number(a, st[:, 12], en[:, 12])
-    redop, o4 = _number(a, st[:, 14], en[:, 14])
+    opc, o1 = parse_hex(a, words, st[:, 4], en[:, 4])
+    count, o2 = parse_decimal(a, words, st[:, 10], en[:, 10])
+    dt, o3 = parse_decimal(a, words, st[:, 12], en[:, 12])
+    redop, o4 = parse_decimal(a, words, st[:, 14], en[:, 14])
     neg = a[st[:, 16]] == 45
-    root, o5 = _number(a, st[:, 16] + neg, en[:, 16])
-    nranks, o6 = _number(a, st[:, 19] + 8, en[:, 19] - 1)
+    root, o5 = parse_decimal(a, words, st[:, 16] + neg, en[:, 16])
+    nranks, o6 = parse_decimal(a, words, st[:, 19] + 8, en[:, 19] - 1)
     ok &= o1 & o2 & o3 & o4 & o5 & (o6 | ~has_n) & (dt < len(_DT_ESIZE)) & (redop <= 4)
     pre_ok, host, pid, tid, dev, at_start = _prefix(a, sp, kk, ls[idx])
     f = ok & pre_ok
@@ -289,12 +276,12 @@ def _colls(a, idx, k, le, sp, ls, op_code):
                 host_at_start=at_start[f]), good
 
 
-def _tunings(a, idx, k, le, sp, ls, op_code):
+def _tunings(a, words, idx, k, le, sp, ls, op_code):
     """Fields of clean `<Coll>: <n> Bytes -> Algo A proto P [channel{Lo..Hi}={l..h}|time t]`
     (tokens 3..10 from the marker)."""
     kk, lee = k[idx], le[idx]
     st, en, inside = _windows(sp, kk, lee, 11)
-    nbytes, ok = _number(a, st[:, 3], en[:, 3])
+    nbytes, ok = parse_decimal(a, words, st[:, 3], en[:, 3])
     ok &= _labels(a, st, en, [5, 6, 8], [b"->", b"Algo", b"proto"]) & inside[:, 9]
     ok &= (en[:, 7] > st[:, 7]) & (en[:, 9] > st[:, 9])
     # Numeric ids (older versions) take the Python path, which maps them to names.
@@ -309,8 +296,8 @@ def _tunings(a, idx, k, le, sp, ls, op_code):
         hit = searching & (a[cs + 17 + j] == 46)
         width[hit] = j
         searching &= ~hit
-    lo, ok_l = _number(a, cs + 17, cs + 17 + width)
-    hi, ok_h = _number(a, cs + 19 + width, ce - 1)
+    lo, ok_l = parse_decimal(a, words, cs + 17, cs + 17 + width)
+    hi, ok_h = parse_decimal(a, words, cs + 19 + width, ce - 1)
     has_ch &= ok_l & ok_h & ~searching & (a[np.maximum(ce - 1, 0)] == 125)
     # Anything else after proto (`time t`, extra fields) keeps the record, without channels.
     pre_ok, host, pid, tid, dev, at_start = _prefix(a, sp, kk, ls[idx])

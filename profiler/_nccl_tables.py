@@ -7,6 +7,8 @@ from a join with the communicators' init lines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ TOPO_COLUMNS = ["host", "pid", "tid", "device", "comm", "kind", "channel", "tran
 _TORCH_OPS = pa.array([OP_NAMES[n] for n in NCCL_OPS.to_pylist()])
 _ROOTED = pa.array(["broadcast", "reduce", "gather", "scatter"])
 _P2P = pa.array(["send", "recv"])
-_INT_MAP = {pa.int64(): pd.Int64Dtype()}.get
+_STR_DTYPE = pa.table({"s": pa.array([], pa.large_string())}).to_pandas()["s"].dtype  # pandas' str
 # `nccl_op` codes of the gather-like ops (see GATHER_LIKE).
 _GATHER_CODES = np.flatnonzero(np.isin(_TORCH_OPS.to_numpy(zero_copy_only=False),
                                        list(GATHER_LIKE)))
@@ -53,8 +55,10 @@ def _columns(fast: list[dict], rows: list[tuple], names: list[str], convert: dic
         py = [r[i] for r in rows]
         if name in convert:
             py = convert[name](py)
-        if name in _STR:
-            out[name] = pa.concat_arrays([p[name].cast(pa.large_string()) for p in fast] +
+        if name == "host":  # per-block dictionaries (the scanner's) + the parser's values
+            out[name] = [p[name] for p in fast] + [py]
+        elif name in _STR:
+            out[name] = pa.concat_arrays([_large(p[name]) for p in fast] +
                                          [pa.array(py, pa.large_string())])
         else:
             out[name] = np.concatenate([np.asarray(p[name], np.int64) for p in fast] +
@@ -62,16 +66,36 @@ def _columns(fast: list[dict], rows: list[tuple], names: list[str], convert: dic
     return out
 
 
-def _hosts(col: pa.Array, at_start: np.ndarray, known: set[str]) -> tuple[pa.Array, np.ndarray]:
-    """Host names cleaned of glued junk (see `clean_host`), and a small-int code per row."""
-    enc = pc.dictionary_encode(col, null_encoding="encode")
-    vals = enc.dictionary.to_pylist()
-    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    known |= {vals[i] for i in np.unique(idx[at_start])} - {None}
+def _large(a: pa.Array) -> pa.Array:
+    return a if a.type == pa.large_string() else a.cast(pa.large_string())
+
+
+def _dict_codes(pieces: list) -> tuple[np.ndarray, list]:
+    """One code per row, into one list of distinct values, for pieces that are each a
+    dictionary array (a block's, from the scanner) or a Python list: only the few dictionary
+    values go through Python, never the rows."""
+    index: dict = {}
+    codes = []
+    for p in pieces:
+        if isinstance(p, pa.DictionaryArray):
+            lut = np.array([index.setdefault(v, len(index)) for v in p.dictionary.to_pylist()] +
+                           [0], np.int64)
+            codes.append(lut[p.indices.to_numpy(zero_copy_only=False)])
+        else:
+            codes.append(np.array([index.setdefault(v, len(index)) for v in p], np.int64))
+    return np.concatenate(codes + [np.zeros(0, np.int64)]), list(index)
+
+
+def _hosts(idx: np.ndarray, vals: list, at_start: np.ndarray,
+           known: set[str]) -> tuple[pa.Array, np.ndarray]:
+    """Host names cleaned of glued junk (see `clean_host`): the distinct cleaned names, and
+    per row (codes `idx` into `vals`) a small-int code into them."""
+    seen_at_start = np.bincount(idx[at_start], minlength=len(vals))
+    known |= {vals[i] for i in np.flatnonzero(seen_at_start).tolist()} - {None}
     cleaned = [clean_host(v, known) for v in vals]
     codes = {h: i for i, h in enumerate(dict.fromkeys(cleaned))}
-    lut = np.array([codes[h] for h in cleaned], np.int64)
-    return pa.array(cleaned, pa.large_string()).take(enc.indices), lut[idx]
+    lut = np.array([codes[h] for h in cleaned] + [0], np.int64)
+    return pa.array(list(codes), pa.large_string()), lut[idx]
 
 
 def _ints(v: list) -> list:
@@ -84,9 +108,10 @@ def _thread(host: np.ndarray, pid: np.ndarray, tid: np.ndarray) -> np.ndarray:
     return (host << 44) | ((pid & mask) << 22) | (tid & mask)
 
 
-def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any,
-                      files: list[str]) -> pd.DataFrame:
-    """The `collectives` table (without rank/pg_size/bytes/nccl_seq), in log order."""
+def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any, files: list[str],
+                      comms_of: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `collectives` table in log order, and the communicators (`comms_of()`, called once
+    the host names are cleaned) whose ranks it was joined with (see `join_ranks`)."""
     c_names = ["op_code", "op_count", "sendbuff", "recvbuff", "count", "dtype_code", "redop",
                "root", "comm", "nranks", "stream", "host", "pid", "tid", "device", "file_idx",
                "line", "sub"]
@@ -106,16 +131,11 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any,
     n_ft = sum(len(p["line"]) for p in fast_t)
     at_start[n_c:n_c + n_ft] = np.concatenate([p["host_at_start"] for p in fast_t] +
                                               [np.zeros(0, bool)])
-    hosts, host_code = _hosts(pa.concat_arrays([c["host"], t["host"]]), at_start, parser.hosts)
-    c["host"], t["host"] = hosts[:n_c], hosts[n_c:]
+    host_names, host_code = _hosts(*_dict_codes(c.pop("host") + t.pop("host")), at_start,
+                                   parser.hosts)
     # Log order: file, line, record within the line.
     c_order = (c["file_idx"] << 40) | (c["line"] << 8) | c["sub"]
-    perm = np.argsort(c_order, kind="stable")
-    c = {k: (v.take(pa.array(perm)) if isinstance(v, pa.Array) else v[perm]) for k, v in c.items()}
-    c_code = host_code[:n_c][perm]
-    c_order = c_order[perm]
     t_order = (t["file_idx"] << 40) | (t["line"] << 8) | t["sub"]
-
     dt = c["dtype_code"]
     esize_lut = np.full(max(int(dt.max(initial=0)) + 1, len(DTYPES)), -1, np.int64)
     for code, (_, size) in DTYPES.items():
@@ -125,44 +145,78 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any,
     # Gathers' tuning lines count every rank's part (count x elem x nranks), sometimes.
     gather = np.isin(c["op_code"], _GATHER_CODES)
     b2 = np.where((esize > 0) & (c["nranks"] > 1) & gather, b1 * c["nranks"], -1)
-    comm = pc.dictionary_encode(c["comm"], null_encoding="encode").indices
-    tix = attach_tuning(_thread(c_code, c["pid"], c["tid"]), c_order, c["op_code"], b1, b2,
-                        comm.to_numpy(zero_copy_only=False).astype(np.int64),
-                        _thread(host_code[n_c:], t["pid"], t["tid"]), t_order, t["op_code"],
-                        t["nbytes"])
+    comm = pc.dictionary_encode(c["comm"], null_encoding="encode")
+    with ThreadPoolExecutor(1) as pool:
+        # The tuning join (sorts, numpy: no GIL) runs beside the reordering, the other
+        # columns and the ranks; it needs no log order of the collectives (only positions).
+        fut = pool.submit(attach_tuning, _thread(host_code[:n_c], c["pid"], c["tid"]), c_order,
+                          c["op_code"], b1, b2,
+                          comm.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                          _thread(host_code[n_c:], t["pid"], t["tid"]), t_order, t["op_code"],
+                          t["nbytes"])
+        c_code, perm = host_code[:n_c], None
+        if (np.diff(c_order) < 0).any():  # records of the Python path come last: merge them in
+            perm = np.argsort(c_order, kind="stable")
+            c = {k: (v.take(pa.array(perm)) if isinstance(v, pa.Array) else v[perm])
+                 for k, v in c.items()}
+            c_code, esize, dt = c_code[perm], esize[perm], dt[perm]
+        c["host"] = host_names.take(pa.array(c_code))
+        op = _TORCH_OPS.take(pa.array(c["op_code"]))
+        p2p = pc.is_in(op, value_set=_P2P).to_numpy(zero_copy_only=False)
+        rooted = pc.is_in(op, value_set=_ROOTED).to_numpy(zero_copy_only=False)
+        dnames = pa.array([DTYPES.get(i, (f"nccl_type_{i}", None))[0]
+                           for i in range(len(esize_lut))])
+        n_redops = max(int(c["redop"].max(initial=0)) + 1, 5)
+        rnames = pa.array([REDOPS.get(i, f"premul_{i}") for i in range(n_redops)])
+        redop = pc.if_else(pa.array(p2p), pa.scalar(None, pa.string()),
+                           rnames.take(pa.array(c["redop"])))
+        cols = {
+            "op": op, "nccl_op": NCCL_OPS.take(pa.array(c["op_code"])),
+            "op_count": c["op_count"], "count": c["count"], "dtype": dnames.take(pa.array(dt)),
+            "elem_bytes": _masked(esize, esize < 0), "redop": redop,
+            "root": _masked(c["root"], ~rooted), "peer": _masked(c["root"].copy(), ~p2p),
+            "comm": c["comm"], "nranks": _masked(c["nranks"], c["nranks"] < 0),
+            "stream": c["stream"], "sendbuff": c["sendbuff"], "recvbuff": c["recvbuff"],
+            "host": c["host"], "pid": _masked(c["pid"], c["pid"] < 0),
+            "tid": _masked(c["tid"], c["tid"] < 0),
+            "device": _masked(c["device"], c["device"] < 0),
+            "source": pa.array(files, pa.large_string()).take(pa.array(c["file_idx"])),
+            "line": c["line"],
+        }
+        comms = comms_of()
+        comm_codes = comm.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        df = join_ranks(_pandas(cols), comms, {
+            "host": (c_code, host_names.to_pylist()),
+            "comm": (comm_codes if perm is None else comm_codes[perm], comm.dictionary.to_pylist()),
+            "gather": gather if perm is None else gather[perm]})
+        tix = fut.result()
+    if perm is not None:
+        tix = tix[perm]
     tuned = tix >= 0
     take = pa.array(np.where(tuned, tix, 0), mask=~tuned)
     if n_t == 0:  # nothing to take from: all null
         t = {"algo": pa.nulls(1, pa.large_string()), "proto": pa.nulls(1, pa.large_string()),
              "channels": np.full(1, -1)}
     chans = t["channels"][np.where(tuned, tix, 0)]
+    tuning = _pandas({"algo": t["algo"].take(take), "proto": t["proto"].take(take),
+                      "channels": _masked(chans, ~tuned | (chans < 0))})
+    at = COLL_COLUMNS.index("algo")
+    for i, name in enumerate(tuning.columns):
+        df.insert(at + i, name, tuning[name])
+    return df, comms
 
-    op = _TORCH_OPS.take(pa.array(c["op_code"]))
-    p2p = pc.is_in(op, value_set=_P2P).to_numpy(zero_copy_only=False)
-    rooted = pc.is_in(op, value_set=_ROOTED).to_numpy(zero_copy_only=False)
-    dnames = pa.array([DTYPES.get(i, (f"nccl_type_{i}", None))[0] for i in range(len(esize_lut))])
-    n_redops = max(int(c["redop"].max(initial=0)) + 1, 5)
-    rnames = pa.array([REDOPS.get(i, f"premul_{i}") for i in range(n_redops)])
-    redop = pc.if_else(pa.array(p2p), pa.scalar(None, pa.string()),
-                       rnames.take(pa.array(c["redop"])))
-    cols = {
-        "op": op, "nccl_op": NCCL_OPS.take(pa.array(c["op_code"])), "op_count": c["op_count"],
-        "count": c["count"], "dtype": dnames.take(pa.array(dt)),
-        "elem_bytes": pa.array(esize, mask=esize < 0), "redop": redop,
-        "root": pa.array(c["root"], mask=~rooted), "peer": pa.array(c["root"], mask=~p2p),
-        "comm": c["comm"], "nranks": pa.array(c["nranks"], mask=c["nranks"] < 0),
-        "stream": c["stream"], "sendbuff": c["sendbuff"], "recvbuff": c["recvbuff"],
-        "host": c["host"], "pid": pa.array(c["pid"], mask=c["pid"] < 0),
-        "tid": pa.array(c["tid"], mask=c["tid"] < 0),
-        "device": pa.array(c["device"], mask=c["device"] < 0),
-        "algo": t["algo"].take(take), "proto": t["proto"].take(take),
-        "channels": pa.array(chans, mask=~tuned | (chans < 0)),
-        "source": pa.array(files, pa.large_string()).take(pa.array(c["file_idx"])),
-        "line": c["line"],
-    }
-    table = pa.table({k: (v if isinstance(v, pa.Array) else pa.array(v, pa.int64()))
-                      for k, v in cols.items()})
-    return table.to_pandas(types_mapper=_INT_MAP)
+
+def _pandas(cols: dict) -> pd.DataFrame:
+    """Columns as a DataFrame without copies: Arrow strings as pandas strings, int64 arrays
+    as nullable Int64 (what `pa.Table.to_pandas` with an Int64 mapping gives)."""
+    out = {}
+    for k, v in cols.items():
+        if isinstance(v, pa.Array):
+            v = pd.array(v, dtype=_STR_DTYPE)
+        elif isinstance(v, np.ndarray):
+            v = pd.arrays.IntegerArray(v.astype(np.int64, copy=False), np.zeros(len(v), bool))
+        out[k] = v
+    return pd.DataFrame(out, copy=False)
 
 
 def communicators_table(inits: pd.DataFrame, topo: pd.DataFrame) -> pd.DataFrame:
@@ -206,12 +260,94 @@ def _int(v: Any) -> int | None:
     return None if v is None or v != v else int(v)
 
 
-def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame) -> pd.DataFrame:
-    """Add rank, pg_size, bytes (nccl-tests S) and a per-communicator sequence number."""
+def _na(v: Any) -> Any:
+    return None if v is None or v is pd.NA or v != v else v
+
+
+def _codes_of(col: pd.Series, other: pd.Series, as_int: bool,
+              given: tuple | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Dense codes of `col` (NA is a value of its own, as in a pandas merge or a groupby with
+    dropna=False) and the same codes for `other` (-1 for values `col` lacks). `given`: the
+    column's (codes, distinct values) when the caller has them already."""
+    codes, uniq = given if given is not None else pd.factorize(col, use_na_sentinel=False)
+    norm = (lambda v: None if _na(v) is None else int(v)) if as_int else _na  # noqa: E731
+    lut = {norm(v): i for i, v in enumerate(uniq)}
+    return (codes.astype(np.int64, copy=False),
+            np.array([lut.get(norm(v), -1) for v in other], np.int64), len(uniq))
+
+
+def _cumcount(group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Position of each row within its group, in row order."""
+    g = group.astype(np.uint16) if n_groups <= (1 << 16) else group
+    perm = np.argsort(g, kind="stable")
+    sg = group[perm]
+    start = np.ones(len(sg), bool)
+    start[1:] = sg[1:] != sg[:-1]
+    pos = np.arange(len(sg))
+    first = np.maximum.accumulate(np.where(start, pos, 0))
+    out = np.empty(len(sg), np.int64)
+    out[perm] = pos - first
+    return out
+
+
+def _small_ints(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A (short) column as int64 values and an NA mask, plus one NA slot at the end."""
+    v = col.to_numpy(dtype=object)
+    na = np.append(pd.isna(v), True)
+    return np.append(np.where(na[:-1], 0, v), 0).astype(np.int64), na
+
+
+def _masked(values: np.ndarray, mask: np.ndarray) -> pd.arrays.IntegerArray:
+    """Nullable Int64 over `values` (no copy; what lies under the mask is never read)."""
+    return pd.arrays.IntegerArray(values.astype(np.int64, copy=False), mask)
+
+
+def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict | None = None
+               ) -> pd.DataFrame:
+    """Add rank, pg_size, bytes (nccl-tests S) and a per-communicator sequence number.
+
+    Joins on (host, pid, comm) with hashed int codes instead of a pandas merge (the
+    communicators are few; the collectives are millions). `codes` may hold what the caller
+    knows already: "host"/"comm" as (codes, distinct values) and "gather" (a bool per row)."""
+    codes = codes or {}
     if colls.empty:
         for c in ("rank", "pg_size", "bytes", "nccl_seq"):
             colls[c] = pd.Series(dtype="Int64")
         return colls
+    key = comms[["host", "pid", "comm"]]
+    if key.duplicated().any():  # not from communicators_table: let pandas do the general join
+        return _join_ranks_merge(colls, comms)
+    h, kh, n_h = _codes_of(colls["host"], key["host"], False, codes.get("host"))
+    p, kp, n_p = _codes_of(colls["pid"], key["pid"], True)
+    m, km, n_m = _codes_of(colls["comm"], key["comm"], False, codes.get("comm"))
+    if n_h * n_p * n_m >= (1 << 62):
+        return _join_ranks_merge(colls, comms)
+    g = (h * n_p + p) * n_m + m
+    known = np.flatnonzero((kh >= 0) & (kp >= 0) & (km >= 0))  # keys some collective has
+    row = pd.Index((kh * n_p + kp) * n_m + km)[known].get_indexer(g)
+    # The extra last slot of each comms column below stands for "no communicator".
+    rc = np.where(row >= 0, np.append(known, 0)[row], len(comms))
+    rank, rank_na = _small_ints(comms["rank"])
+    n_k, n_na = _small_ints(comms["nranks"])
+    rank, rank_na, n_k, n_na = rank[rc], rank_na[rc], n_k[rc], n_na[rc]
+    colls["rank"] = _masked(rank, rank_na)
+    nr = colls["nranks"]
+    nr_na = nr.isna().to_numpy()
+    pg_na = nr_na & n_na
+    pg = np.where(nr_na, n_k, nr.to_numpy(dtype=np.int64, na_value=0))
+    colls["pg_size"] = _masked(pg, pg_na)
+    gather = codes.get("gather")
+    if gather is None:
+        gather = colls["op"].isin(GATHER_LIKE).to_numpy()
+    mult = _masked(np.where(gather, pg, 1), gather & pg_na)
+    colls["bytes"] = colls["count"] * colls["elem_bytes"] * pd.Series(mult, index=colls.index)
+    code, uniq = pd.factorize(g)
+    colls["nccl_seq"] = _cumcount(code.astype(np.int64, copy=False), len(uniq))
+    return colls
+
+
+def _join_ranks_merge(colls: pd.DataFrame, comms: pd.DataFrame) -> pd.DataFrame:
+    """`join_ranks` as a pandas merge (communicator keys that repeat, or codes too wide)."""
     key = comms[["host", "pid", "comm", "rank", "nranks"]].rename(columns={"nranks": "_n"})
     key = key.astype({"pid": "Int64", "rank": "Int64", "_n": "Int64"})
     key["host"] = key["host"].astype(colls["host"].dtype)

@@ -11,54 +11,73 @@ relation the log shows more often.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import pandas as pd
 
 __all__ = ["attach_tuning"]
 
 _NONE = np.int64(-1)
 
 
-def _group_order(thread, nbytes, op, order):
-    """Sort by (thread, bytes, op, order); returns the permutation and a group id per sorted
-    element. The three group keys are packed into one int64 where they fit (the usual case)."""
-    codes, tcode = np.unique(thread, return_inverse=True)
-    hi = (tcode.astype(np.int64) << 5) | (op + 1)
-    if len(codes) < (1 << 15) and (op < 31).all() and (nbytes < (1 << 43)).all():
-        key = (hi << 43) | nbytes
-        perm = np.lexsort((order, key))
-        k = key[perm]
-        change = np.ones(len(perm), bool)
-        change[1:] = k[1:] != k[:-1]
-        return perm, np.cumsum(change)
-    perm = np.lexsort((order, op, nbytes, thread))
-    t, b, o = thread[perm], nbytes[perm], op[perm]
-    change = np.ones(len(perm), bool)
-    change[1:] = (t[1:] != t[:-1]) | (b[1:] != b[:-1]) | (o[1:] != o[:-1])
-    return perm, np.cumsum(change)
+def _codes(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense int64 codes of `x` (hashing, no sort) and how many distinct values."""
+    codes, uniq = pd.factorize(x)
+    return codes.astype(np.int64, copy=False), len(uniq)
 
 
-def _before_style(c_thread, c_order, c_op, c_sizes, t_thread, t_order, t_op, t_bytes):
-    """Per process (thread >> 22): True where tuning lines come before their collective."""
-    thread = np.concatenate([c_thread, t_thread])
-    order = np.concatenate([c_order, t_order])
-    is_t = np.concatenate([np.zeros(len(c_thread), bool), np.ones(len(t_thread), bool)])
-    idx = np.concatenate([np.arange(len(c_thread)), np.arange(len(t_thread))])
-    perm = np.lexsort((order, thread))
-    thread, is_t, idx = thread[perm], is_t[perm], idx[perm]
+def _by_group(order: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Permutation that sorts by (group, order); ties keep their input order.
+
+    The records come in a few runs already in log order, so the stable sort by order is a
+    merge; the stable sort by small dense group codes is a radix sort (16-bit keys)."""
+    perm = np.argsort(order, kind="stable")
+    g = group[perm]
+    if n_groups <= (1 << 16):
+        g = g.astype(np.uint16)
+    return perm[np.argsort(g, kind="stable")]
+
+
+def _group_codes(tcode, n_threads, op, nbytes):
+    """A code per (thread, op, bytes) combination, and a bound on the codes. Small-int fields
+    are combined arithmetically; only when that exceeds 16 bits are the codes made dense."""
+    bcode, n_bytes = _codes(nbytes)
+    lo = int(op.min(initial=0))
+    n_ops = int(op.max(initial=0)) - lo + 1
+    if n_threads * n_ops * n_bytes >= (1 << 62):  # would overflow: combine in two steps
+        key, n_keys = _codes(tcode * n_ops + (op - lo))
+        return _codes(key * n_bytes + bcode)
+    key = (tcode * n_ops + (op - lo)) * n_bytes + bcode
+    bound = n_threads * n_ops * n_bytes
+    return (key, bound) if bound <= (1 << 16) else _codes(key)
+
+
+def _before_style(c_tc, c_order, c_op, c_sizes, t_tc, t_order, t_op, t_bytes, n_threads,
+                  thread_of):
+    """Per process (thread >> 22): True where tuning lines come before their collective.
+    c_tc/t_tc: dense thread codes; thread_of: code -> thread id."""
+    tc = np.concatenate([c_tc, t_tc])
+    n_c = len(c_tc)
+    perm = _by_group(np.concatenate([c_order, t_order]), tc, n_threads)
+    tc = tc[perm]
+    is_t = perm >= n_c
+    idx = np.where(is_t, perm - n_c, perm)
     ti = np.flatnonzero(is_t)
+    t = idx[ti]
+    t_op, t_bytes, t_tc = t_op[t], t_bytes[t], tc[ti]
 
     def hits(nb: np.ndarray) -> np.ndarray:
-        ok = (nb >= 0) & (nb < len(thread))
-        nbc = np.clip(nb, 0, len(thread) - 1)
-        ok &= ~is_t[nbc] & (thread[nbc] == thread[ti])
+        ok = (nb >= 0) & (nb < len(tc))
+        nbc = np.clip(nb, 0, len(tc) - 1)
+        ok &= ~is_t[nbc] & (tc[nbc] == t_tc)
         c = np.where(ok, idx[nbc], 0)
-        t = idx[ti]
-        same_op = (t_op[t] < 0) | (t_op[t] == c_op[c])
-        size = (t_bytes[t] == c_sizes[0][c]) | (t_bytes[t] == c_sizes[1][c])
+        same_op = (t_op < 0) | (t_op == c_op[c])
+        size = (t_bytes == c_sizes[0][c]) | (t_bytes == c_sizes[1][c])
         return ok & same_op & size
 
     after, before = hits(ti - 1), hits(ti + 1)
-    proc = thread[ti] >> 22
+    proc = thread_of[t_tc] >> 22
     procs, inv = np.unique(proc, return_inverse=True)
     n_after = np.bincount(inv, after, len(procs))
     n_before = np.bincount(inv, before, len(procs))
@@ -81,29 +100,33 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
     out = np.full(n_c, _NONE)
     if n_c == 0 or len(t_thread) == 0:
         return out
-    procs, before = _before_style(c_thread, c_order, c_op, (c_b1, c_b2), t_thread, t_order,
-                                  t_op, t_bytes)
-    c_before = np.zeros(n_c, bool)
-    pos = np.searchsorted(procs, c_thread >> 22)
-    hit = (pos < len(procs)) & (procs[np.minimum(pos, len(procs) - 1)] == c_thread >> 22)
-    c_before[hit] = before[pos[hit]]
+    tc, n_threads = _codes(np.concatenate([c_thread, t_thread]))
+    c_tc, t_tc = tc[:n_c], tc[n_c:]
+    thread_of = np.empty(n_threads, np.int64)
+    thread_of[tc] = np.concatenate([c_thread, t_thread])
+    # The direction vote runs on a second thread while this one sorts (numpy releases the GIL).
+    pool = ThreadPoolExecutor(1)
+    vote = pool.submit(_before_style, c_tc, c_order, c_op, (c_b1, c_b2), t_tc, t_order, t_op,
+                       t_bytes, n_threads, thread_of)
+    pool.shutdown(wait=False)
     # Probes: (size 1 | size 2) x (the collective's own name | "no name" tuning lines).
     wild = bool((t_op < 0).any())
-    ci = np.arange(n_c)
-    p_c, p_b, p_op = [ci, ci], [c_b1, c_b2], [c_op, c_op]
+    i1, i2 = np.flatnonzero(c_b1 >= 0), np.flatnonzero(c_b2 >= 0)
+    p_c, p_b = [i1, i2], [c_b1[i1], c_b2[i2]]
+    p_op = [c_op[i1], c_op[i2]]
     if wild:
-        p_c += [ci, ci]
-        p_b += [c_b1, c_b2]
-        p_op += [np.full(n_c, -1), np.full(n_c, -1)]
+        p_c += [i1, i2]
+        p_b += p_b[:2]
+        p_op += [np.full(len(i1), -1), np.full(len(i2), -1)]
     p_c, p_b, p_op = np.concatenate(p_c), np.concatenate(p_b), np.concatenate(p_op)
-    keep = p_b >= 0
-    p_c, p_b, p_op = p_c[keep], p_b[keep], p_op[keep]
     n_p = len(p_c)
-    thread = np.concatenate([c_thread[p_c], t_thread])
-    nbytes = np.concatenate([p_b, t_bytes])
-    op = np.concatenate([p_op, np.where(t_op < 0, -1, t_op)])
-    order = np.concatenate([c_order[p_c], t_order])
-    perm, grp = _group_order(thread, nbytes, op, order)
+    grp, n_grp = _group_codes(np.concatenate([c_tc[p_c], t_tc]), n_threads,
+                              np.concatenate([p_op, np.where(t_op < 0, -1, t_op)]),
+                              np.concatenate([p_b, t_bytes]))
+    # Group by group, each group in log order (the group order itself does not matter: every
+    # step below only looks within a group).
+    perm = _by_group(np.concatenate([c_order[p_c], t_order]), grp, n_grp)
+    grp = grp[perm]
     is_t = perm >= n_p
     n = len(perm)
     # After: the first tuning record that follows in the same group.
@@ -118,32 +141,45 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
     b_ok = prev >= 0
     b_ok[b_ok] = is_t[prev[b_ok]] & (grp[prev[b_ok]] == grp[probe_pos[b_ok]])
     probe_c = p_c[perm[probe_pos]]
-    use_before = c_before[probe_c]
+    procs, before = vote.result()
+    pos = np.searchsorted(procs, thread_of >> 22)
+    hit = (pos < len(procs)) & (procs[np.minimum(pos, len(procs) - 1)] == thread_of >> 22)
+    per_thread = np.zeros(n_threads, bool)
+    per_thread[hit] = before[pos[hit]]
+    use_before = per_thread[c_tc[probe_c]]
     chosen = np.where(use_before, prev, after)
     ok = np.where(use_before, b_ok, a_ok)
     if not ok.any():
         return out
     probe_c, chosen = probe_c[ok], chosen[ok]
     t_idx = perm[chosen] - n_p
-    if np.bincount(probe_c, minlength=n_c).max() > 1:
-        # Nearest candidate per collective (gathers have two sizes, wildcards two names).
-        dist = np.abs(t_order[t_idx] - c_order[probe_c])
-        sel = np.lexsort((dist, probe_c))
-        probe_c, t_idx = probe_c[sel], t_idx[sel]
-        first = np.ones(len(probe_c), bool)
-        first[1:] = probe_c[1:] != probe_c[:-1]
-        probe_c, t_idx = probe_c[first], t_idx[first]
+    n_cand = np.bincount(probe_c, minlength=n_c)
+    if n_cand.max() > 1:
+        # Nearest candidate per collective (gathers have two sizes, wildcards two names). All
+        # of a collective's candidates lie on one side of it, so distances tie only between
+        # probes that found the same tuning line.
+        multi = n_cand[probe_c] > 1
+        m_c, m_t = probe_c[multi], t_idx[multi]
+        dist = np.abs(t_order[m_t] - c_order[m_c])
+        best = np.full(n_c, np.iinfo(np.int64).max)
+        np.minimum.at(best, m_c, dist)
+        win = dist == best[m_c]
+        one = np.full(n_c, _NONE)
+        one[probe_c[~multi]] = t_idx[~multi]
+        one[m_c[win]] = m_t[win]
+        probe_c = np.flatnonzero(one >= 0)
+        t_idx = one[probe_c]
     shared = np.bincount(t_idx, minlength=len(t_order))[t_idx] > 1
     if shared.any():
-        # Per (tuning line, communicator): only the collective nearest to the line keeps it.
+        # Per (tuning line, communicator): only the collective nearest to the line keeps it
+        # (the collectives sharing a line lie on one side of it: no ties).
         sp_c, sp_t = probe_c[shared], t_idx[shared]
         d = np.abs(t_order[sp_t] - c_order[sp_c])
-        sel = np.lexsort((d, c_comm[sp_c], sp_t))
-        sp_c, sp_t = sp_c[sel], sp_t[sel]
-        key_c = c_comm[sp_c]
-        first = np.ones(len(sp_c), bool)
-        first[1:] = (key_c[1:] != key_c[:-1]) | (sp_t[1:] != sp_t[:-1])
-        probe_c = np.concatenate([probe_c[~shared], sp_c[first]])
-        t_idx = np.concatenate([t_idx[~shared], sp_t[first]])
+        key, n_key = _codes(sp_t * (int(c_comm.max()) + 1) + c_comm[sp_c])
+        best = np.full(n_key, np.iinfo(np.int64).max)
+        np.minimum.at(best, key, d)
+        win = d == best[key]
+        probe_c = np.concatenate([probe_c[~shared], sp_c[win]])
+        t_idx = np.concatenate([t_idx[~shared], sp_t[win]])
     out[probe_c] = t_idx
     return out
