@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import _columns as C
@@ -42,8 +43,25 @@ def _factorize(values: tuple) -> tuple[np.ndarray, list]:  # values: non-empty
 
 
 def _decode(codes: np.ndarray, dictionary: list, typ: pa.DataType) -> pa.Array:
-    """Per-unique values expanded to rows by an Arrow dictionary decode (C++)."""
-    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(dictionary, typ)).cast(typ)
+    """Per-unique values on rows: strings stay dictionary-encoded (int32 codes, the Parquet
+    writer stores them as they are, no hashing per row); other types are decoded (C++)."""
+    if typ != pa.string():
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()),
+                                              pa.array(dictionary, typ)).cast(typ)
+    if None in dictionary:
+        # Null rows as masked codes (Arrow cannot merge dictionaries holding nulls). With nulls
+        # present the Parquet writer takes min/max over the whole dictionary, so it keeps only
+        # the values some row has.
+        valid = np.array([v is not None for v in dictionary])[codes]
+        used = np.flatnonzero(np.bincount(codes[valid], minlength=len(dictionary)))
+        if not len(used):
+            return pa.nulls(len(codes), pa.dictionary(pa.int32(), typ))
+        remap = np.zeros(len(dictionary), np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        return pa.DictionaryArray.from_arrays(
+            pa.array(remap[codes], pa.int32(), mask=~valid),
+            pa.array([dictionary[i] for i in used.tolist()], typ))
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(dictionary, typ))
 
 
 def _const(value: Any, n: int, typ: pa.DataType) -> pa.Array:
@@ -73,7 +91,7 @@ def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> 
     """
     n = len(rows)
     if n == 0:
-        return arrow_schema(_meta(ident)).empty_table()
+        return _table_schema(_meta(ident)).empty_table()
     # Transposing allocates one iterator per row; with the collector on, that allocation burst
     # triggers collections that traverse every buffered row (2-3x slower).
     gc_was_enabled = gc.isenabled()
@@ -103,7 +121,7 @@ def columns_to_table(data: np.ndarray, keys: list[tuple], ident: Identity,
     fields index `keys` (a `KeyTable` snapshot). No Python work per record."""
     n = len(data)
     if n == 0:
-        return arrow_schema(_meta(ident)).empty_table()
+        return _table_schema(_meta(ident)).empty_table()
     key = data[:, C.KEY]
     used = np.flatnonzero(np.bincount(key))  # codes are small ints: no sort
     lut = np.zeros(int(used[-1]) + 1, np.int32)
@@ -144,7 +162,7 @@ def _assemble(ident: Identity, groups: dict[str, GroupInfo], api_idx: np.ndarray
     objects)), phase columns, element counts as float64 (NaN = derive here), integer columns
     and the extra-field columns."""
     n = len(api_idx)
-    schema = arrow_schema(_meta(ident))
+    schema = _table_schema(_meta(ident))
     api_names = [a[0] for a in API_TABLE]
     op_names = [a[1] for a in API_TABLE]
     captures = [a[2] for a in API_TABLE]
@@ -206,7 +224,19 @@ def _assemble(ident: Identity, groups: dict[str, GroupInfo], api_idx: np.ndarray
         "step": phase[2],
         "capture": _decode(api_idx, captures, pa.string()),
     }
+    for name in _DICTIONARY_COLUMNS:  # extras built as plain strings, all-null columns
+        if not pa.types.is_dictionary(arrays[name].type):
+            arrays[name] = pc.dictionary_encode(arrays[name])
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+
+def _table_schema(metadata: dict) -> pa.Schema:
+    """The trace schema as the writer's tables hold it: string columns dictionary-encoded
+    (`write_part` stores them as plain Parquet strings: readers see `arrow_schema`)."""
+    base = arrow_schema(metadata)
+    return pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable)
+                      if f.name in _DICTIONARY_COLUMNS else f for f in base],
+                     metadata=base.metadata)
 
 
 _EXTRA_COLUMNS = (("t_wait_ns", X.TWAIT, pa.int64(), None),
@@ -274,8 +304,16 @@ def write_part(table: pa.Table, directory: str, name: str) -> str:
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, name)
     tmp = os.path.join(directory, f".{name}.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=1,
-                   use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS,
-                   column_encoding=_DELTA_COLUMNS)
+    meta = table.schema.metadata
+    table = table.replace_schema_metadata(None)
+    # No Arrow schema in the file: dictionary-encoded strings read back as plain strings (the
+    # Parquet types are the same either way); the trace's own keys go in as key-value metadata.
+    with pq.ParquetWriter(tmp, table.schema, store_schema=False, compression="zstd",
+                          compression_level=1, use_dictionary=_DICTIONARY_COLUMNS,
+                          write_statistics=_STATISTICS_COLUMNS,
+                          column_encoding=_DELTA_COLUMNS) as writer:
+        writer.write_table(table)
+        if meta:
+            writer.add_key_value_metadata(meta)
     os.replace(tmp, final)
     return final

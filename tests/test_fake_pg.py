@@ -352,3 +352,35 @@ def test_a_value_that_does_not_pack_is_recorded_as_a_raw_row(tmp_path):
     assert df["count"].isna().tolist() == [True, False]
     assert df["count"].tolist()[1] == 2
     assert df["completion"].tolist() == ["return", "return"]
+
+
+def test_part_files_read_back_with_the_schema_metadata_and_true_statistics(tmp_path):
+    """Strings are written from dictionary arrays: a reader still gets `arrow_schema()`'s plain
+    types, the trace's key-value metadata, and min/max statistics of values rows really have
+    (null rows and unused dictionary entries never widen them)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    with profiler.trace(tmp_path, run_name="stats") as s:
+        dist.all_reduce(torch.ones(2))                    # no phase
+        with profiler.phase("prefill"):
+            dist.all_reduce(torch.ones(2))
+        with profiler.phase("decode", step=1):
+            dist.broadcast(torch.ones(2), src=0)          # a raw row in the same part
+    (part,) = glob.glob(f"{s.rank_dir}/part-*-00000.parquet")
+    meta = pq.read_metadata(part)
+    schema = meta.schema.to_arrow_schema()
+    assert schema.metadata[b"commscope.run_id"] == b"stats"
+    assert schema.metadata[b"commscope.rank"] == str(RANK).encode()
+    assert schema.metadata[b"commscope.schema_version"] == profiler.SCHEMA_VERSION.encode()
+    table = pq.read_table(part)
+    expected = profiler.arrow_schema()
+    assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in expected]
+    stats = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).statistics
+             for i in range(meta.num_columns)}
+    assert (stats["phase"].min, stats["phase"].max, stats["phase"].null_count) == \
+        ("decode", "prefill", 1)
+    assert (stats["op"].min, stats["op"].max) == ("all_reduce", "broadcast")
+    assert table["phase"].to_pylist() == [None, "prefill", "decode"]
+    assert table["api"].to_pylist() == ["all_reduce", "all_reduce", "broadcast"]
