@@ -84,7 +84,8 @@ def _float(values: tuple) -> np.ndarray:
 
 
 def rows_to_table(rows: list, ident: Identity, groups: dict[str, GroupInfo]) -> pa.Table:
-    """Materialise raw rows (`_rows.R`) into a table with the trace schema.
+    """Materialise raw rows (`_rows.R`) into a table with the trace schema (strings
+    dictionary-encoded: `_table_schema`).
 
     One C-level transpose, then per-unique-value lookups (groups, dtypes, phases, APIs)
     expanded with Arrow dictionary decodes, and numpy arithmetic for sizes (see `_assemble`).
