@@ -35,6 +35,17 @@ def _thread_cpu(thread: threading.Thread | None) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
+def _median_ci(ratios: list[float], n: int = 10000) -> tuple[float, float]:
+    """95 % bootstrap interval of the median of the per-pair ratios: how far the noise of this
+    2-core machine leaves the figure open."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = np.asarray(ratios)
+    meds = np.median(x[rng.integers(0, len(x), (n, len(x)))], axis=1)
+    return float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
+
+
 def _rank(rank: int, world: int, port: int, a: dict, q) -> None:
     from commscope.models import llama
 
@@ -80,9 +91,11 @@ def _rank(rank: int, world: int, port: int, a: dict, q) -> None:
         med = statistics.median
         q.put({
             "wall": (med(b[0] for b in base), med(t[0] for t in traced),
-                     med(t[0] / b[0] for b, t in zip(base, traced))),
+                     med(t[0] / b[0] for b, t in zip(base, traced)),
+                     _median_ci([t[0] / b[0] for b, t in zip(base, traced)])),
             "cpu": (med(b[1] for b in base), med(t[1] for t in traced),
-                    med(t[1] / b[1] for b, t in zip(base, traced))),
+                    med(t[1] / b[1] for b, t in zip(base, traced)),
+                    _median_ci([t[1] / b[1] for b, t in zip(base, traced)])),
             "writer": med(t[2] for t in traced),
             "calls": session.events_written // a["pairs"], "setup": setup, "teardown": teardown,
         })
@@ -112,13 +125,15 @@ def main() -> None:
     print(f"TP={a.tp} PP={a.pp}, batch {a.batch}, prompt {a.prompt}, {a.output} tokens, "
           f"{a.pairs} pairs (ABBA) in one session; {r['calls']} calls traced per generation; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    b, t, ratio = r["wall"]
+    b, t, ratio, (lo, hi) = r["wall"]
     print(f"wall: untraced {b * 1e3:.1f} ms, traced {t * 1e3:.1f} ms per generation (medians); "
-          f"traced/untraced {ratio:.4f} (median of per-pair ratios)")
-    b, t, ratio = r["cpu"]
+          f"traced/untraced {ratio:.4f} (median of per-pair ratios; 95 % bootstrap interval "
+          f"{lo:.4f}-{hi:.4f})")
+    b, t, ratio, (lo, hi) = r["cpu"]
     print(f"rank 0 main-thread CPU: untraced {b * 1e3:.1f} ms, traced {t * 1e3:.1f} ms per "
-          f"generation; traced/untraced {ratio:.4f}, i.e. {(t - b) / r['calls'] * 1e6:+.1f} us "
-          f"per traced call; writer thread {r['writer'] * 1e3:.1f} ms CPU per traced generation")
+          f"generation; traced/untraced {ratio:.4f} ({lo:.4f}-{hi:.4f}), i.e. "
+          f"{(t - b) / r['calls'] * 1e6:+.1f} us per traced call; writer thread "
+          f"{r['writer'] * 1e3:.1f} ms CPU per traced generation")
     print(f"once per session: open (run-id and clock agreement) {r['setup'] * 1e3:.0f} ms, "
           f"close (final write) {r['teardown'] * 1e3:.0f} ms")
 
