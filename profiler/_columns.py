@@ -76,9 +76,6 @@ class ColumnBuffer:
     def __init__(self) -> None:
         self.ints = array("q")
 
-    def __len__(self) -> int:
-        return len(self.ints) // K
-
     def take(self) -> np.ndarray:
         """Remove the records appended so far and return them as an (n, K) int64 array.
 

@@ -247,10 +247,9 @@ class Recorder:
     def emit(self, row: list) -> None:
         """Hand a completed or pending raw row to every recording session."""
         for s in self.sessions:
-            buf = s._buf
-            buf.append(row)
-            s._flush_at -= K  # one event less before the packed records reach flush_events
-            if len(buf) + len(s._cols) >= s.flush_events:
+            s._buf.append(row)
+            s._flush_at -= K  # one raw row: one event less for the packed records
+            if len(s._cols.ints) >= s._flush_at:  # the hot path's test: flush_events in all
                 s.flush(blocking=False)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ._columns import pack
 from ._ops import ApiSpec
 from ._phases import _CURRENT
+from ._rows import R
 from ._work import mark_wait
 
 __all__ = ["make_wrapper", "make_batch_wrapper", "make_lifecycle_wrapper", "make_wait_tensor",
@@ -62,7 +63,8 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
                 c = counters.get(gi[0])
                 if c is None:
                     c = counters.setdefault(gi[0], itertools.count())
-                entry = (api_idx, t0, info, gi, next(c), next(rec.seq), phase_get())
+                pg_seq, seq, ph = next(c), next(rec.seq), phase_get()
+                entry = (api_idx, t0, info, gi, pg_seq, seq, ph)
                 busy[tid] = entry
             else:
                 entry = None
@@ -83,7 +85,6 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
             finish(row, res, None)
             return res
         t1 = time_ns()
-        ph = entry[6]
         dt = info[0]
         k = last[0]
         if dt is k[0] and gi is k[1] and ph is k[2]:
@@ -92,10 +93,10 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
             code, step = key_code(api_idx, dt, gi, ph)
             last[0] = (dt, gi, ph, code, step)
         try:
-            packed = pack(t0, t1, info[1], info[2], info[3], entry[4], entry[5], tid, step, code)
+            packed = pack(t0, t1, info[1], info[2], info[3], pg_seq, seq, tid, step, code)
         except struct_error:  # a field that is not an int64: an ordinary row instead
             row = entry_row(entry, tid)
-            row[2] = row[3] = t1  # R.TEND, R.TRET
+            row[R.TEND] = row[R.TRET] = t1
             rec.emit(row)
             return res
         for s in sessions:

@@ -144,6 +144,15 @@ def test_never_waited_async_work_is_bounded_and_recorded_unobserved(tmp_path):
     assert (df["t_end_ns"] == df["t_return_ns"]).all()
 
 
+def _run_threads(target, args_list: list[tuple]) -> None:
+    """Run `target(*args)` on one thread per entry of `args_list` and wait for all."""
+    threads = [threading.Thread(target=target, args=a) for a in args_list]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_threads_record_every_call_once(tmp_path):
     n_threads, n_calls = 4, 300
 
@@ -155,11 +164,7 @@ def test_threads_record_every_call_once(tmp_path):
             dist.all_reduce(torch.ones(1))
 
     with profiler.trace(tmp_path, flush_events=100) as s:
-        threads = [threading.Thread(target=work) for _ in range(n_threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_threads(work, [()] * n_threads)
     df = _events(s)
     assert len(df) == n_threads * n_calls
     assert sorted(df["seq"]) == list(range(n_threads * n_calls))
@@ -326,11 +331,7 @@ def test_threads_in_different_phases_each_get_their_own(tmp_path):
                     dist.all_reduce(torch.ones(i + 1, dtype=dtypes[i]))
 
     with profiler.trace(tmp_path, flush_events=97) as s:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _run_threads(work, [(i,) for i in range(n_threads)])
     df = _events(s)
     assert len(df) == n_threads * n_calls
     i = df["count"] - 1
