@@ -116,6 +116,9 @@ def resolve_gpu_times(rows: list, final: bool) -> list:
             pair = x[X.GPU]
             if not isinstance(pair, list):
                 continue
+            if len(pair) == 3:  # shared with a row resolved before (a graph replay's rows)
+                x[X.GPU] = pair[2]
+                continue
             start, end = pair
             if end is None:  # async call never waited: no end event on the stream
                 x[X.GPU] = None
@@ -132,6 +135,8 @@ def resolve_gpu_times(rows: list, final: bool) -> list:
                 x[X.GPU] = (None, None, int(round(duration_ms * 1e6)))
             else:
                 x[X.GPU] = gpu_times_ns(ref[1], ref[0].elapsed_time(start), duration_ms)
+            # Rows sharing this pair take the times from it; the events go back to the pool once.
+            pair.append(x[X.GPU])
             POOL.put(device, start)
             POOL.put(device, end)
     return waiting

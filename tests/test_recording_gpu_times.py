@@ -48,3 +48,38 @@ def test_device_times_are_written_next_to_host_times():
         dict(gpu_start_ns=None, gpu_end_ns=None, gpu_duration_ns=7_000, t_start_ns=t0 + 200_000,
              pg_size=2, bytes=4096, device="cuda:0"),
     ]
+
+
+class _Done:
+    """Stand-in for a finished torch.cuda.Event (no CUDA on this machine): the pool bookkeeping
+    under test never touches the device."""
+
+    device = None
+
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, end: _Done) -> float:
+        return end.ms - self.ms
+
+
+def test_rows_sharing_one_event_pair_resolve_once_and_return_it_once():
+    """A CUDA-graph replay's rows share one [start, end] pair: each row gets the same device
+    time, and the two events go back to the pool once (twice would hand one event to two
+    calls at the same time)."""
+    from commscope.profiler._cuda_events import POOL, resolve_gpu_times
+
+    api = register_api("all_reduce", "all_reduce")
+    pair = [_Done(1.0), _Done(1.25)]
+    rows = [_row(api, i, REF_HOST_NS, pair) for i in range(3)]
+    before = list(POOL._free.get(None, []))
+    try:
+        assert resolve_gpu_times(rows, final=False) == []
+        assert [r[R.X][X.GPU] for r in rows] == [(None, None, 250_000)] * 3
+        returned = POOL._free.get(None, [])[len(before):]
+        assert [id(e) for e in returned] == [id(pair[0]), id(pair[1])]
+    finally:
+        POOL._free[None] = before
