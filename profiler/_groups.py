@@ -31,10 +31,6 @@ class GroupRegistry:
         self._names.clear()
         self.infos.clear()
 
-    def resolve(self, group: Any) -> str:
-        """Group name of `group` (None = default group)."""
-        return self.resolve_info(group).name
-
     def resolve_info(self, group: Any) -> GroupInfo:
         """Info of `group` (None = default group). Hot path: one dict lookup when cached."""
         try:

@@ -21,7 +21,6 @@ from typing import Any
 
 from . import _cuda_graphs
 from ._groups import GroupInfo
-from ._ops import P2P_RECV, P2P_SEND
 from ._phases import _CURRENT
 from ._recorder import RECORDER
 from ._rows import R, X, format_exc, register_api
@@ -61,12 +60,7 @@ def _emit_row(api_idx: int, op: str, desc: Desc, t0: int, t1: int, exc: BaseExce
     name = info.name
     size = info.size if info.size > 0 else 1
     count, in_n, out_n = _counts(op, n, size)
-    if op == P2P_SEND:
-        key = (name, RECORDER._my_rank(), peer)
-    elif op == P2P_RECV:
-        key = (name, peer, RECORDER._my_rank())
-    else:
-        key = name
+    key = RECORDER.pg_seq_key(op, name, peer)
     device = _device_of(tensor)
     # The extra list carries source and cuda_graph (X.SOURCE, X.CUDA_GRAPH). Rows
     # and extras are tuples (the garbage collector stops tracking them) unless the writer must

@@ -24,13 +24,11 @@ from ._groups import GroupRegistry
 from ._ops import P2P_RECV, P2P_SEND
 from ._patching import Patches
 from ._phases import _CURRENT
-from ._rows import API_TABLE, R, X, _register_api, format_exc, register_api
+from ._rows import API_TABLE, R, X, format_exc, marked, new_extra, register_api
 from ._work import WorkTracker
 from ._wrappers import entry_row
 
-# `_register_api` is re-exported for importers of the old single module (tests, benchmarks,
-# _instrument); new code imports the row layout and registry from `_rows`.
-__all__ = ["RECORDER", "Recorder", "_register_api"]
+__all__ = ["RECORDER", "Recorder"]
 
 _get_ident = threading.get_ident
 
@@ -54,7 +52,6 @@ class Recorder:
         self.counters: dict[Any, itertools.count] = {}
         self.work = WorkTracker()
         self.keys = KeyTable()  # interned fields of packed records (never reset: codes persist)
-        self.pending = self.work.pending                  # id(Work) -> (work, rows)
         self.pending_tensors = self.work.pending_tensors  # id(tensor) -> (tensor, rows)
         self.cuda_timing = False
         self.rank: int | None = None
@@ -132,6 +129,14 @@ class Recorder:
             self.rank = dist.get_rank() if dist.is_initialized() else 0
         return self.rank
 
+    def pg_seq_key(self, op: str, name: str, peer: int | None) -> Any:
+        """Key of a call's pg_seq counter: (group, src, dst) for point-to-point, else group."""
+        if op == P2P_SEND:
+            return (name, self._my_rank(), peer)
+        if op == P2P_RECV:
+            return (name, peer, self._my_rank())
+        return name
+
     def _next_pg_seq(self, key: Any) -> int:
         counter = self.counters.get(key)
         if counter is None:
@@ -152,12 +157,9 @@ class Recorder:
                 peer = g
             else:
                 root = g
-        if op == P2P_SEND:
-            pg_seq = self._next_pg_seq((name, self._my_rank(), peer))
-        elif op == P2P_RECV:  # from any source: counted once the sender is known (finish)
-            pg_seq = None if peer is None else self._next_pg_seq((name, peer, self._my_rank()))
-        else:
-            pg_seq = self._next_pg_seq(name)
+        # A recv from any source is counted once the sender is known (finish).
+        pg_seq = None if op == P2P_RECV and peer is None else \
+            self._next_pg_seq(self.pg_seq_key(op, name, peer))
         x = [None, "started", peer, root, bool(info[7]), None,
              None if ev is None else f"cuda:{info[8].device.index}",
              None if ev is None else [ev, None]]
@@ -169,11 +171,11 @@ class Recorder:
         t1 = time_ns()
         x = row[R.X]
         if x is None:  # a fast-path row whose call raised
-            x = row[R.X] = [None, "return", None, None, False, None, None, None]
+            x = row[R.X] = new_extra("return")
         if row[R.PGSEQ] is None:  # recv from any source returns the sender
             if isinstance(res, int):
                 x[X.PEER] = res
-            row[R.PGSEQ] = self._next_pg_seq((row[R.PG].name, x[X.PEER], self._my_rank()))
+            row[R.PGSEQ] = self._next_pg_seq(self.pg_seq_key(P2P_RECV, row[R.PG].name, x[X.PEER]))
         is_async = x[X.ASYNC] and exc is None and res is not None
         row[R.TRET] = t1
         if exc is not None:
@@ -197,7 +199,6 @@ class Recorder:
                      ev: Any) -> None:
         """One row per P2POp of a batch_isend_irecv; completion is the batch's wait."""
         t1 = time_ns()
-        me = self._my_rank()
         is_async = exc is None and bool(res)
         phase, tid = _CURRENT.get(), _get_ident()  # one call: the same for every op
         rows = []
@@ -206,13 +207,14 @@ class Recorder:
             peer = info[5]
             if peer is None and info[9] is not None:
                 peer = self.groups.global_rank(gi, info[9])
-            key = (gi.name, me, peer) if is_send else (gi.name, peer, me)
             x = [None, "pending" if is_async else "return", peer, None, True,
                  None if exc is None else format_exc(exc),
                  None if ev is None or i else f"cuda:{info[8].device.index}",
                  None if ev is None or i else [ev, None]]
             rows.append([_BATCH_SEND if is_send else _BATCH_RECV, t0, None if is_async else t1,
-                         t1, info[0], info[1], info[2], info[3], gi, self._next_pg_seq(key),
+                         t1, info[0], info[1], info[2], info[3], gi,
+                         self._next_pg_seq(self.pg_seq_key(P2P_SEND if is_send else P2P_RECV,
+                                                           gi.name, peer)),
                          next(self.seq), phase, tid, x])
         if is_async:
             # Coalesced batches return one work for all ops; otherwise one per op.
@@ -236,12 +238,7 @@ class Recorder:
                 row = entry_row(row, tid)
             elif row is True or row[R.TRET] is not None:
                 continue
-            row = list(row)
-            x = row[R.X]
-            row[R.X] = [None, "started", None, None, False, None, None, None] if x is None \
-                else [*x[:X.COMPLETION], "started", *x[X.COMPLETION + 1:]]
-            row[R.X][X.GPU] = None  # no device time for a call that has not finished
-            out.append(row)
+            out.append(marked(row, "started", None))  # not returned: no end, no device time
         return out
 
     def emit(self, row: list) -> None:

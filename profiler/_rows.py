@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["R", "X", "API_TABLE", "register_api", "_register_api", "DispatchHandle",
-           "format_exc"]
+__all__ = ["R", "X", "API_TABLE", "register_api", "DispatchHandle", "format_exc", "new_extra",
+           "marked"]
 
 
 class R:
@@ -50,10 +50,27 @@ def register_api(name: str, op: str, capture: str = "hook") -> int:
     return _API_INDEX[key]
 
 
-_register_api = register_api  # the name tests and benchmarks import
-
 
 def format_exc(exc: BaseException) -> str:
     """`Type: first line of the message`, bounded: the `error` column's text."""
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:2000]
+
+
+def new_extra(completion: str) -> list:
+    """A row's extra list (`X`) with defaults, for a row that had none."""
+    return [None, completion, None, None, False, None, None, None]
+
+
+def marked(row: list, completion: str, end: int | None) -> list:
+    """A copy of `row` with its completion and t_end_ns replaced (rows are shared between
+    sessions and still mutated by the hooks: never change them in place)."""
+    row = list(row)
+    x = new_extra(completion) if row[R.X] is None else list(row[R.X])
+    x[X.COMPLETION] = completion
+    # Never completed, so no end event: no device time (and the start event is not handed back
+    # to the pool, the original row may still hold it).
+    x[X.GPU] = None
+    row[R.TEND] = end
+    row[R.X] = x
+    return row

@@ -17,7 +17,7 @@ from ._columns import ColumnBuffer, K
 from ._cuda_events import resolve_gpu_times
 from ._metadata import collect_metadata
 from ._recorder import RECORDER
-from ._rows import R, X
+from ._rows import R, marked
 from ._rundir import new_run_id, reserve_run_dir, write_metadata_file
 from ._schema import SCHEMA_VERSION
 from ._signals import OPEN as _OPEN
@@ -75,7 +75,6 @@ class TraceSession:
         self._candidate = run_name or os.environ.get("COMMSCOPE_RUN_ID") or new_run_id()
         self._agreement: Agreement | None = None
         self._ident: Identity | None = None
-        self._meta: dict[str, Any] | None = None
         self._mode: Any = None
         self._open = False
         self._closed = False
@@ -171,7 +170,7 @@ class TraceSession:
             if row[R.TEND] is not None:
                 ready.append(row)
             elif final:
-                ready.append(_marked(row, "unobserved", end=row[R.TRET]))
+                ready.append(marked(row, "unobserved", end=row[R.TRET]))
             else:
                 pending.append(row)
         waiting = resolve_gpu_times(ready, final)
@@ -186,7 +185,7 @@ class TraceSession:
             ready += started  # calls still blocked at close (e.g. SIGTERM during a hang)
             inflight = []
         else:
-            inflight = started + [_marked(r, "started", end=None) for r in pending]
+            inflight = started + [marked(r, "started", end=None) for r in pending]
         if ready or len(packed):
             self._write(ready, packed, keys, sync=sync)
         if inflight or self._inflight_on_disk:
@@ -332,8 +331,6 @@ class TraceSession:
 
     def _write_metadata(self, final: bool) -> None:
         ident = self._identity()
-        if self._meta is None:
-            self._meta = collect_metadata()  # cached: collected on the writer thread at open
         ag = self._agreement
         meta = {
             "schema_version": SCHEMA_VERSION,
@@ -341,7 +338,7 @@ class TraceSession:
             "run_name": self.run_name,
             "rank": ident.rank,
             "world_size": ident.world_size,
-            **self._meta,
+            **collect_metadata(),  # cached per process; first collected on the writer at open
             "tags": self.tags,
             "capture": self.capture,
             "cuda_timing": self.cuda_timing,
@@ -357,21 +354,6 @@ class TraceSession:
             "flush_interval_s": self.flush_interval_s,
         }
         write_metadata_file(self.rank_dir, ident.pid, meta)
-
-
-def _marked(row: list, completion: str, end: int | None) -> list:
-    """A copy of `row` with its completion and t_end_ns replaced (rows are shared between
-    sessions and still mutated by the hooks: never change them in place)."""
-    row = list(row)
-    x = row[R.X]
-    x = [None, completion, None, None, False, None, None, None] if x is None else list(x)
-    x[X.COMPLETION] = completion
-    # Never completed, so no end event: no device time (and the start event is not handed back
-    # to the pool, the original row may still hold it).
-    x[X.GPU] = None
-    row[R.TEND] = end
-    row[R.X] = x
-    return row
 
 
 def trace(out_dir: str | os.PathLike, *, run_name: str | None = None,

@@ -53,7 +53,8 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
         t0 = time_ns()
         try:
             info = extract(*args, **kwargs)
-            if simple and not info[7] and info[9] is None and not rec.cuda_timing:
+            # (`simple` APIs never take a group-relative peer/root: info[9] is None.)
+            if simple and not info[7] and not rec.cuda_timing:
                 # Fast path (the common case), inlined: an entry tuple while the call runs (a
                 # timed flush writes it as 'started'), one packed record once it returned.
                 g = info[4]

@@ -132,12 +132,12 @@ def test_never_waited_async_work_is_bounded_and_recorded_unobserved(tmp_path):
     n = MAX_PENDING + 1000
     with profiler.trace(tmp_path, flush_events=512) as s:
         works = [dist.all_reduce(torch.ones(1), async_op=True) for _ in range(n)]
-        assert len(RECORDER.pending) == MAX_PENDING
-        ids = set(RECORDER.pending)
+        assert len(RECORDER.work.pending) == MAX_PENDING
+        ids = set(RECORDER.work.pending)
         assert id(works[0]) not in ids and id(works[-1]) in ids  # the oldest went first
         s.flush()
         assert len(s._carry) == MAX_PENDING  # only calls still tracked are carried
-    assert RECORDER.pending == {}
+    assert RECORDER.work.pending == {}
     df = _events(s)
     assert len(df) == n
     assert (df["completion"] == "unobserved").all()
@@ -267,7 +267,7 @@ def test_coalesced_functional_collective_completes_once(tmp_path):
         outs = funcol.all_reduce_coalesced([torch.ones(3), torch.ones(5)], "sum",
                                            dist.group.WORLD)
         outs[0].wait()
-        assert RECORDER.pending_tensors == {}  # the sibling was dropped with the first wait
+        assert RECORDER.work.pending_tensors == {}  # the sibling was dropped with the first wait
         outs[1].wait()
     df = _events(s)
     assert df["api"].tolist() == ["funcol.all_reduce_coalesced"]

@@ -14,7 +14,7 @@ import pytest
 from commscope import analysis, dashboards
 from commscope.profiler._groups import GroupInfo
 from commscope.profiler._phases import PhaseFrame
-from commscope.profiler._recorder import _register_api
+from commscope.profiler._rows import register_api
 from commscope.profiler._writer import Identity, rows_to_table, write_part
 from tests import workers
 from tests.distributed import run_ranks
@@ -77,7 +77,7 @@ def test_report_renders_in_chromium_without_errors(gloo_traces, tmp_path):
 
 
 def _synthetic_trace(path, n_events, phase_name="decode", ranks=4):
-    api = _register_api("all_reduce", "all_reduce")
+    api = register_api("all_reduce", "all_reduce")
     import torch
 
     frame = PhaseFrame(phase_name, phase_name, 0)
