@@ -88,15 +88,16 @@ def _rank(rank: int, world: int, port: int, a: dict, q) -> None:
     session.close()
     teardown = time.perf_counter() - t0
     if rank == 0:
-        med = statistics.median
+        def stats(k: int) -> tuple:
+            """Medians untraced and traced, median per-pair ratio and its interval."""
+            ratios = [t[k] / b[k] for b, t in zip(base, traced)]
+            return (statistics.median(b[k] for b in base),
+                    statistics.median(t[k] for t in traced),
+                    statistics.median(ratios), _median_ci(ratios))
+
         q.put({
-            "wall": (med(b[0] for b in base), med(t[0] for t in traced),
-                     med(t[0] / b[0] for b, t in zip(base, traced)),
-                     _median_ci([t[0] / b[0] for b, t in zip(base, traced)])),
-            "cpu": (med(b[1] for b in base), med(t[1] for t in traced),
-                    med(t[1] / b[1] for b, t in zip(base, traced)),
-                    _median_ci([t[1] / b[1] for b, t in zip(base, traced)])),
-            "writer": med(t[2] for t in traced),
+            "wall": stats(0), "cpu": stats(1),
+            "writer": statistics.median(t[2] for t in traced),
             "calls": session.events_written // a["pairs"], "setup": setup, "teardown": teardown,
         })
     dist.destroy_process_group()

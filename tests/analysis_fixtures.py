@@ -83,3 +83,30 @@ def offset_run(run_dir, offset_ns: int = 3 * MS) -> None:
               gpu_duration_ns=3 * MS, device="cuda:1", phase="prefill")]
     write_rank(run_dir, 0, r0, offset_ns=0)
     write_rank(run_dir, 1, r1, offset_ns=offset_ns)
+
+
+def shift_rank(run_dir, rank: int, offset_ns: int) -> None:
+    """Make a recorded rank look as if its clock ran `offset_ns` ahead of rank 0's (gloo ranks
+    on one host share a clock): every time column of its part files moves by the offset, which
+    metadata.json records, so every analysis must subtract it again."""
+    import pyarrow.compute as pc
+
+    folder = run_dir / f"rank_{rank:05d}"
+    for part in folder.glob("*.parquet"):
+        t = pq.read_table(part)
+        for c in TIME_COLUMNS:
+            if c in t.column_names:
+                i = t.column_names.index(c)
+                t = t.set_column(i, c, pc.add(t.column(c), pa.scalar(offset_ns, pa.int64())))
+        pq.write_table(t, part)
+    meta = folder / "metadata.json"
+    m = json.loads(meta.read_text())
+    m["clock_offset_ns"] = m.get("clock_offset_ns", 0) + offset_ns
+    meta.write_text(json.dumps(m))
+
+
+def session_events(session):
+    """A finished session's events in call order."""
+    from commscope import analysis
+
+    return analysis.load_events(session.run_dir).sort_values("seq").reset_index(drop=True)

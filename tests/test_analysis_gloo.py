@@ -3,37 +3,35 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from commscope import analysis
 from tests import workers
+from tests.analysis_fixtures import shift_rank
 from tests.distributed import run_ranks
 
 MS = 1_000_000
 
 
-def _set_offset(run_dir, rank: int, offset_ns: int) -> None:
-    """Make rank `rank` look as if its clock ran `offset_ns` ahead of rank 0's (gloo ranks on
-    one host share a clock): every time column of its part files moves by the offset, which
-    metadata.json records, so every analysis must subtract it again."""
-    import pyarrow.compute as pc
+@pytest.fixture(scope="module")
+def overlap_run(tmp_path_factory):
+    """One 2-rank run of overlap_worker, shared by the tests that read it (never modified)."""
+    out = tmp_path_factory.mktemp("overlap")
+    run_ranks(workers.overlap_worker, 2, str(out))
+    return out / "overlap"
 
-    folder = run_dir / f"rank_{rank:05d}"
-    for part in folder.glob("*.parquet"):
-        t = pq.read_table(part)
-        for c in ("t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns", "gpu_start_ns",
-                  "gpu_end_ns"):
-            if c in t.column_names:
-                i = t.column_names.index(c)
-                t = t.set_column(i, c, pc.add(t.column(c), pa.scalar(offset_ns, pa.int64())))
-        pq.write_table(t, part)
-    meta = folder / "metadata.json"
-    m = json.loads(meta.read_text())
-    m["clock_offset_ns"] = m.get("clock_offset_ns", 0) + offset_ns
-    meta.write_text(json.dumps(m))
+
+@pytest.fixture(scope="module")
+def mismatch_run(tmp_path_factory):
+    """One 2-rank run of mismatch_worker (rank 1 skips the last all_reduce; rank 0 times out)."""
+    out = tmp_path_factory.mktemp("mismatch")
+    run_ranks(workers.mismatch_worker, 2, str(out), timeout_s=3, expect_failure=True)
+    return out / "mismatch"
 
 
 def test_straggler_is_named_and_skew_is_on_exactly_those_instances(tmp_path):
@@ -54,9 +52,8 @@ def test_straggler_is_named_and_skew_is_on_exactly_those_instances(tmp_path):
     assert s.iloc[0]["wait_imposed_ns"] >= 3 * 40 * MS
 
 
-def test_async_p2p_overlap_is_measured(tmp_path):
-    run_ranks(workers.overlap_worker, 2, str(tmp_path))
-    ev = analysis.load_events(tmp_path / "overlap")
+def test_async_p2p_overlap_is_measured(overlap_run):
+    ev = analysis.load_events(overlap_run)
     o = analysis.overlap(ev).set_index("op")
     assert set(o.index) == {"send", "recv"}
     for op in ("send", "recv"):
@@ -68,9 +65,8 @@ def test_async_p2p_overlap_is_measured(tmp_path):
     assert len(m) == 1 and (m.iloc[0]["src"], m.iloc[0]["dst"]) == (0, 1)
 
 
-def test_hang_leaves_complete_trace_and_mismatch_names_missing_rank(tmp_path):
-    run_ranks(workers.mismatch_worker, 2, str(tmp_path), timeout_s=3, expect_failure=True)
-    ev = analysis.load_events(tmp_path / "mismatch")
+def test_hang_leaves_complete_trace_and_mismatch_names_missing_rank(mismatch_run):
+    ev = analysis.load_events(mismatch_run)
     assert ev.groupby("rank").size().to_dict() == {0: 3, 1: 2}
     r0 = ev[ev["rank"] == 0].sort_values("seq")
     assert r0["error"].notna().tolist() == [False, False, True]
@@ -79,6 +75,7 @@ def test_hang_leaves_complete_trace_and_mismatch_names_missing_rank(tmp_path):
     row = mm.iloc[0]
     assert (row["pg_seq"], row["kind"], row["ranks"]) == (2, "missing", [1])
     assert row["expected"] == "all_reduce 64 B float32"
+    pd.testing.assert_frame_equal(mm, analysis.find_mismatches(str(mismatch_run)))
 
 
 def test_frame_and_path_agree_with_a_clock_offset(tmp_path):
@@ -86,7 +83,7 @@ def test_frame_and_path_agree_with_a_clock_offset(tmp_path):
     trace path give identical results for every analysis."""
     run_ranks(workers.all_ops_worker, 2, str(tmp_path))
     path = tmp_path / "all_ops"
-    _set_offset(path, 1, 500 * MS)
+    shift_rank(path, 1, 500 * MS)
     ev = analysis.load_events(path)
     parts = sorted((path / "rank_00001").glob("*.parquet"))
     recorded = pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("seq") \
@@ -101,10 +98,11 @@ def test_frame_and_path_agree_with_a_clock_offset(tmp_path):
         pd.testing.assert_frame_equal(fn(ev), fn(str(path)))
 
 
-def test_overlap_and_mismatches_frame_equals_path_with_offset(tmp_path):
-    run_ranks(workers.overlap_worker, 2, str(tmp_path))
+def test_overlap_and_mismatches_frame_equals_path_with_offset(overlap_run, mismatch_run,
+                                                             tmp_path):
     path = tmp_path / "overlap"
-    _set_offset(path, 1, 500 * MS)
+    shutil.copytree(overlap_run, path)  # the shared run stays as recorded
+    shift_rank(path, 1, 500 * MS)
     ev = analysis.load_events(path)
     a = analysis.overlap(ev)
     b = analysis.overlap(str(path))
@@ -114,7 +112,6 @@ def test_overlap_and_mismatches_frame_equals_path_with_offset(tmp_path):
     pd.testing.assert_frame_equal(ma, mb)
     # The pair's skew is the true one, far under the 500 ms a missed shift would add.
     assert len(ma) == 1 and ma.iloc[0]["start_skew_ns"] < 250 * MS
-    run_ranks(workers.mismatch_worker, 2, str(tmp_path), timeout_s=3, expect_failure=True)
-    mm = analysis.find_mismatches(str(tmp_path / "mismatch"))
+    mm = analysis.find_mismatches(str(mismatch_run))
     row = mm.iloc[0]
     assert (row["pg_seq"], row["kind"], row["ranks"]) == (2, "missing", [1])

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from commscope import analysis, profiler
+from commscope import profiler
 from commscope.profiler import _cuda_graphs
+from tests.analysis_fixtures import session_events as _events
 
 WORLD, RANK = 4, 1
 
@@ -64,8 +65,6 @@ def setup():
     dist.destroy_process_group()
 
 
-def _events(session):
-    return analysis.load_events(session.run_dir).sort_values("seq").reset_index(drop=True)
 
 
 def test_capture_is_template_and_each_replay_emits_it(tmp_path):

@@ -328,9 +328,9 @@ def adapted():
 
 
 def _load(session):
-    from commscope import analysis
+    from tests.analysis_fixtures import session_events
 
-    return analysis.load_events(session.run_dir).sort_values("seq").reset_index(drop=True)
+    return session_events(session)
 
 
 def test_coordinator_methods_recorded_once_with_group_dim_and_nccl_bytes(tmp_path, adapted):

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from commscope import analysis, profiler
 from commscope.profiler._recorder import RECORDER
+from tests.analysis_fixtures import session_events as _events
 
 WORLD, RANK = 8, 3
 
@@ -23,8 +24,6 @@ def fake_pg():
     dist.destroy_process_group()
 
 
-def _events(session):
-    return analysis.load_events(session.run_dir).sort_values("seq").reset_index(drop=True)
 
 
 def test_reentrant_delegation_is_recorded_once(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from commscope import analysis, profiler
+from tests.analysis_fixtures import session_events as _events
 from tests.distributed import run_ranks
 
 WORLD, RANK = 8, 3
@@ -68,8 +69,6 @@ def instrumented():
         h.remove()
 
 
-def _events(session):
-    return analysis.load_events(session.run_dir).sort_values("seq").reset_index(drop=True)
 
 
 def test_custom_communicator_rows_are_exact_and_inner_calls_folded(tmp_path, instrumented):

@@ -272,12 +272,6 @@ def dtensor_worker(rank: int, world: int, out_dir: str) -> None:
     assert torch.allclose(y, expected, atol=1e-5), (y - expected).abs().max()
 
 
-def overhead_worker(rank: int, world: int, n: int) -> None:  # used by the gloo benchmark
-    t = torch.ones(1)
-    for _ in range(n):
-        dist.all_reduce(t)
-
-
 def straggler_worker(rank: int, world: int, out_dir: str) -> None:
     """Rank 1 sleeps 100 ms before every third all_reduce (far above the 40 ms the test needs:
     opening a trace costs the ranks different amounts before the first call)."""
