@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 from ._phases import label_group, phase
 from ._session import trace
+from ._writer import write_part
 
 __all__ = ["sweep", "SWEEP_OPS", "sweep_sizes", "per_call_ns", "apply_device_times"]
 
@@ -74,9 +75,9 @@ def apply_device_times(rank_dir: str, times: dict[tuple[str, int], int]) -> int:
         if n:
             t = t.set_column(t.schema.get_field_index("gpu_duration_ns"),
                              t.schema.field("gpu_duration_ns"), new)
-            tmp = f + ".tmp"
-            pq.write_table(t, tmp)
-            os.replace(tmp, f)
+            # The trace writer's own encodings; the schema's metadata goes back as key-value
+            # metadata.
+            write_part(t, rank_dir, os.path.basename(f))
             total += n
     return total
 

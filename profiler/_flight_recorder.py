@@ -79,7 +79,7 @@ def _own_rank(cfg: dict[str, Any]) -> int | None:
     return next(iter(common)) if common and len(common) == 1 else None
 
 
-def _rows(d: dict[str, Any], rank: int, cfg: dict[str, Any]) -> pd.DataFrame:
+def _rows(d: dict[str, Any], cfg: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for e in d.get("entries") or []:
         prof = str(e.get("profiling_name", ""))
@@ -157,7 +157,7 @@ def read_flight_recorder(members: list) -> list:
             rank = int(digits[0])
             notes.append("rank taken from the file name: the dump's groups do not identify it")
         world = len(_ranks(cfg["0"]["ranks"])) if "0" in cfg else None
-        rows = _rows(d, rank, cfg)
+        rows = _rows(d, cfg)
         if rows.empty:
             notes.append("the dump holds no entries: this rank recorded no collective in "
                          "flight (it never reached them, or its ring was empty)")

@@ -64,8 +64,6 @@ def _record(rec: dict[str, Any]) -> dict[str, Any] | None:
             "t_start_ns": int(c0) * 1000 if c0 else g0, "t_end_ns": g1, "t_return_ns": g1,
             "gpu_start_ns": g0 if on_gpu else None, "gpu_end_ns": g1 if on_gpu else None,
             "gpu_duration_ns": exec_ns if on_gpu else None, "completion": "return",
-            "algbw_GBps": _num(perf.get(f"{kind}_algobw_gbs")),
-            "busbw_GBps": _num(perf.get(f"{kind}_busbw_gbs")),
             "_local_rank": hdr.get("rank"), "_comm_id": hdr.get("id"),
             "_host": md.get("hostname"), "_pid": md.get("pid")}
 
@@ -113,7 +111,6 @@ def read_inspector(members: list) -> list:
         meta = {"host": str(big["_host"]), "import_notes": notes,
                 "nccl_inspector": {
                     "communicators": comms.reset_index().to_dict("records")}}
-        rows = df.drop(columns=[c for c in df.columns if c.startswith("_")
-                                or c.endswith("_GBps")])
+        rows = df.drop(columns=[c for c in df.columns if c.startswith("_")])
         out.append(RankData(rank, world, rows, meta, "nccl_inspector", [m.name]))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["DTYPES", "REDOPS", "OP_NAMES", "ALGOS", "PROTOS", "PREFIX_RE", "COLL_RE", "TUNING_RE",
-           "INIT_RE", "LINE_START_RE", "CHANNELS_RE", "VERSION_RE", "RING_RE", "CHANNEL_RING_RE", "TREES_RE",
+           "INIT_RE", "CHANNELS_RE", "VERSION_RE", "RING_RE", "CHANNEL_RING_RE", "TREES_RE",
            "CONNECTION_RE", "NETWORK_RE", "NET_USING_RE", "NET_PLUGIN_RE", "NVLS_RE",
            "DRIVER_RE", "GATHER_LIKE"]
 
@@ -35,8 +35,6 @@ _COLLS = "|".join(sorted(OP_NAMES, key=len, reverse=True))
 # `host:pid:tid [dev] NCCL INFO ` (or WARN). Searched backwards from the NCCL marker, so a
 # launcher's or logger's prefix before it, or a torn record glued in front, does not matter.
 PREFIX_RE = re.compile(r"([^\s:\[\]]+):(\d+):(\d+) \[(\d+)\] \Z")
-# The common case, a clean line: the prefix and marker at its start.
-LINE_START_RE = re.compile(r"([^\s:\[\]]+):(\d+):(\d+) \[(\d+)\] NCCL (INFO|WARN) ")
 
 COLL_RE = re.compile(
     rf"({_COLLS}): opCount (?P<opcount>[0-9a-fA-F]+) sendbuff (?P<sendbuff>\S+) "

@@ -161,7 +161,7 @@ def _scan(block: bytes | bytearray) -> tuple[bytes | bytearray, BlockScan]:
         block = _strip_ansi(block)
     if not block.isascii():
         block = block.decode("utf-8", "replace").encode("utf-8")
-    return block, scan_block(block, padded=True)
+    return block, scan_block(block)
 
 
 class _Parser:

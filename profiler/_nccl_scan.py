@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from ._nccl_formats import DTYPES, OP_NAMES
 from ._nccl_numbers import parse_decimal, parse_hex, word_view
+from ._nccl_records import _TOPOLOGY_KINDS
 
 __all__ = ["BlockScan", "scan_block", "PAD_BYTES", "ragged_strings", "NCCL_OPS", "PLAIN_KINDS"]
 
@@ -31,11 +32,9 @@ PLAIN_KINDS = ("blank", "comment", "table_row", "not_recognised")
 
 #: NCCL collective names, in a fixed order: the fast path's `nccl_op` codes index this.
 NCCL_OPS = pa.array(sorted(OP_NAMES))
-# Lookups by ncclDataType_t (only the known types take the fast path).
-_DT_ESIZE = np.array([DTYPES[i][1] for i in range(len(DTYPES))], np.int64)
 # Keywords of the INIT/topology/version lines the Python parser reads field by field.
-_DETAIL_RE = (r"- Init |NCCL version|coll channels| via |Ring |Channel |Trees |Using network|"
-              r"NET/Plugin|: Using |NVLS|cudaDriverVersion")
+_DETAIL_RE = "|".join(re.escape(key) for key in
+                      ("- Init ", *(key for _, key, _ in _TOPOLOGY_KINDS)))
 _NUM = r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?"
 # An nccl-tests result row (or a fragment of one): numbers first, then numbers/type/op names.
 _TABLE_ROW_RE = rf"^\s*{_NUM}(?:\s+(?:{_NUM}|N/A|[A-Za-z]\w*))*\s*$"
@@ -62,27 +61,18 @@ class BlockScan:
 def ragged_strings(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
     """Arrow strings a[start[i]:end[i]] gathered into one buffer (no Python per string).
 
-    Spans in order and apart (the usual case: one field per record, records in log order)
-    are cut out of the block's own buffer: it is viewed as strings [gap, span, gap, span, ...]
-    and Arrow's take copies the spans. Others are gathered byte by byte with numpy."""
+    The spans must be in order and apart (what every caller has: one field per record,
+    records in log order, one record per line). They are cut out of the block's own buffer:
+    it is viewed as strings [gap, span, gap, span, ...] and Arrow's take copies the spans."""
     n = len(start)
-    if n and bool((end >= start).all()) and bool((start[1:] >= end[:-1]).all()):
-        offs = np.empty(2 * n + 1, np.int64)
-        offs[0] = 0
-        offs[1::2] = start
-        offs[2::2] = end
-        every = pa.LargeStringArray.from_buffers(2 * n, pa.py_buffer(offs), pa.py_buffer(a))
-        return every.take(pa.array(np.arange(1, 2 * n, 2)))
-    lens = (end - start).astype(np.int64)
-    offs = np.zeros(len(lens) + 1, np.int64)
-    np.cumsum(lens, out=offs[1:])
-    total = int(offs[-1])
-    if total:
-        idx = np.arange(total, dtype=np.int64) + np.repeat(start - offs[:-1], lens)
-        data = a[idx]
-    else:
-        data = np.zeros(0, np.uint8)
-    return pa.LargeStringArray.from_buffers(len(lens), pa.py_buffer(offs), pa.py_buffer(data))
+    if not (bool((end >= start).all()) and bool((start[1:] >= end[:-1]).all())):
+        raise ValueError("ragged_strings: spans out of order or overlapping")
+    offs = np.empty(2 * n + 1, np.int64)
+    offs[0] = 0
+    offs[1::2] = start
+    offs[2::2] = end
+    every = pa.LargeStringArray.from_buffers(2 * n, pa.py_buffer(offs), pa.py_buffer(a))
+    return every.take(pa.array(np.arange(1, 2 * n, 2)))
 
 
 def _windows(sp: np.ndarray, k: np.ndarray, le: np.ndarray, n: int):
@@ -102,17 +92,13 @@ def _labels(a, start, end, cols, words) -> np.ndarray:
 
 def _strings(a: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]]) -> list[pa.Array]:
     """Several string columns (see `ragged_strings`)."""
-    return [ragged_strings(a, s, e) if len(s) else pa.array([], pa.large_string())
-            for s, e in bounds]
+    return [ragged_strings(a, s, e) for s, e in bounds]
 
 
-def scan_block(block: bytes | bytearray, padded: bool = False) -> BlockScan:
-    """Scan a block of complete lines (each ending in `\\n`). `padded`: the block already
-    ends in PAD_BYTES of padding after its lines (saves a copy of the block)."""
-    if padded:
-        a, size = np.frombuffer(block, np.uint8), len(block) - _PAD
-    else:
-        a, size = np.frombuffer(block + PAD_BYTES, np.uint8), len(block)
+def scan_block(block: bytes | bytearray) -> BlockScan:
+    """Scan a block of complete lines (each ending in `\\n`) followed by PAD_BYTES (the
+    padding lets fixed-offset reads run past the lines without a copy of the block)."""
+    a, size = np.frombuffer(block, np.uint8), len(block) - _PAD
     nl = np.flatnonzero(a[:size] == 10)
     n_lines = len(nl)
     l_start = np.empty(n_lines, np.int64)
@@ -167,8 +153,12 @@ def scan_block(block: bytes | bytearray, padded: bool = False) -> BlockScan:
     s4 = sp[k + 4] + 1
     is_tun = is_op & ~is_coll & (a[s4] == 66) & (a[s4 + 4] == 115) & (sp[k + 5] - s4 == 5)
     words = word_view(a)
-    colls, c_ok = _colls(a, words, np.flatnonzero(is_coll), k, le, sp, l_start[m_line], op_code)
-    tun, t_ok = _tunings(a, words, np.flatnonzero(is_tun), k, le, sp, l_start[m_line], op_code)
+    # The prefixes of both kinds of record in one pass (in log order), then split.
+    rec = np.flatnonzero(is_coll | is_tun)
+    pre = _prefix(a, sp, k[rec], l_start[m_line[rec]])
+    is_c = is_coll[rec]
+    colls, c_ok = _colls(a, words, rec[is_c], k, le, sp, op_code, pre, np.flatnonzero(is_c))
+    tun, t_ok = _tunings(a, words, rec[~is_c], k, le, sp, op_code, pre, np.flatnonzero(~is_c))
     # A collective name that did not parse: torn or wrapped (the Python parser joins lines).
     bad = is_op.copy()
     bad[c_ok] = False
@@ -223,6 +213,13 @@ def _prefix(a, sp, k, ls):
     return ok, host, pid, tid, dev, _blank_before(a, ls, tok_s + off)
 
 
+def _rows_of(pre: tuple, pos: np.ndarray) -> tuple:
+    """`_prefix`'s numpy columns at positions `pos` (the host's dictionary array is left
+    whole: the caller takes the rows it keeps)."""
+    ok, host, pid, tid, dev, at_start = pre
+    return ok[pos], host, pid[pos], tid[pos], dev[pos], at_start[pos]
+
+
 def _blank_before(a: np.ndarray, ls: np.ndarray, host_s: np.ndarray) -> np.ndarray:
     """Only whitespace between the line start and the host (a host seen at a line start is
     a real host name; one later in a line may carry junk glued in front)."""
@@ -238,9 +235,10 @@ def _blank_before(a: np.ndarray, ls: np.ndarray, host_s: np.ndarray) -> np.ndarr
     return out
 
 
-def _colls(a, words, idx, k, le, sp, ls, op_code):
+def _colls(a, words, idx, k, le, sp, op_code, pre, pos):
     """Fields of clean COLL records: tokens 3.. are `opCount X sendbuff X recvbuff X count N
-    datatype N op N root N comm X [nranks=N] stream X` (`[nranks=N]` since 2.x)."""
+    datatype N op N root N comm X [nranks=N] stream X` (`[nranks=N]` since 2.x).
+    `pre`: `_prefix` of these and other records, these at positions `pos`."""
     kk, lee = k[idx], le[idx]
     st, en, inside = _windows(sp, kk, lee, 23)
     ok = _labels(a, st, en, [5, 7, 9, 11, 13, 15, 17],
@@ -262,11 +260,11 @@ def _colls(a, words, idx, k, le, sp, ls, op_code):
     neg = a[st[:, 16]] == 45
     root, o5 = parse_decimal(a, words, st[:, 16] + neg, en[:, 16])
     nranks, o6 = parse_decimal(a, words, st[:, 19] + 8, en[:, 19] - 1)
-    ok &= o1 & o2 & o3 & o4 & o5 & (o6 | ~has_n) & (dt < len(_DT_ESIZE)) & (redop <= 4)
-    pre_ok, host, pid, tid, dev, at_start = _prefix(a, sp, kk, ls[idx])
+    ok &= o1 & o2 & o3 & o4 & o5 & (o6 | ~has_n) & (dt < len(DTYPES)) & (redop <= 4)
+    pre_ok, host, pid, tid, dev, at_start = _rows_of(pre, pos)
     f = ok & pre_ok
     good = idx[f]
-    host = host.filter(pa.array(f))
+    host = host.take(pa.array(pos[f]))
     sendbuff, recvbuff, comm, stream = _strings(a, [
         (st[f, 6], en[f, 6]), (st[f, 8], en[f, 8]), (st[f, 18], en[f, 18]), (vs[f], ve[f])])
     return dict(op_code=op_code[good], op_count=opc[f], count=count[f], dtype_code=dt[f],
@@ -276,9 +274,9 @@ def _colls(a, words, idx, k, le, sp, ls, op_code):
                 host_at_start=at_start[f]), good
 
 
-def _tunings(a, words, idx, k, le, sp, ls, op_code):
+def _tunings(a, words, idx, k, le, sp, op_code, pre, pos):
     """Fields of clean `<Coll>: <n> Bytes -> Algo A proto P [channel{Lo..Hi}={l..h}|time t]`
-    (tokens 3..10 from the marker)."""
+    (tokens 3..10 from the marker). `pre`, `pos`: as for `_colls`."""
     kk, lee = k[idx], le[idx]
     st, en, inside = _windows(sp, kk, lee, 11)
     nbytes, ok = parse_decimal(a, words, st[:, 3], en[:, 3])
@@ -300,10 +298,10 @@ def _tunings(a, words, idx, k, le, sp, ls, op_code):
     hi, ok_h = parse_decimal(a, words, cs + 19 + width, ce - 1)
     has_ch &= ok_l & ok_h & ~searching & (a[np.maximum(ce - 1, 0)] == 125)
     # Anything else after proto (`time t`, extra fields) keeps the record, without channels.
-    pre_ok, host, pid, tid, dev, at_start = _prefix(a, sp, kk, ls[idx])
+    pre_ok, host, pid, tid, dev, at_start = _rows_of(pre, pos)
     f = ok & pre_ok
     good = idx[f]
-    host = host.filter(pa.array(f))
+    host = host.take(pa.array(pos[f]))
     algo, proto = _strings(a, [(st[f, 7], en[f, 7]), (st[f, 9], en[f, 9])])
     return dict(op_code=op_code[good], nbytes=nbytes[f], algo=algo, proto=proto,
                 channels=np.where(has_ch, hi - lo + 1, -1)[f], pid=pid[f], tid=tid[f],

@@ -302,26 +302,24 @@ def _masked(values: np.ndarray, mask: np.ndarray) -> pd.arrays.IntegerArray:
     return pd.arrays.IntegerArray(values.astype(np.int64, copy=False), mask)
 
 
-def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict | None = None
-               ) -> pd.DataFrame:
+def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict) -> pd.DataFrame:
     """Add rank, pg_size, bytes (nccl-tests S) and a per-communicator sequence number.
 
     Joins on (host, pid, comm) with hashed int codes instead of a pandas merge (the
-    communicators are few; the collectives are millions). `codes` may hold what the caller
-    knows already: "host"/"comm" as (codes, distinct values) and "gather" (a bool per row)."""
-    codes = codes or {}
+    communicators are few, one row per key as `communicators_table` makes them; the
+    collectives are millions). `codes` holds what the caller knows already (may be empty):
+    "host"/"comm" as (codes, distinct values) and "gather" (a bool per row)."""
     if colls.empty:
         for c in ("rank", "pg_size", "bytes", "nccl_seq"):
             colls[c] = pd.Series(dtype="Int64")
         return colls
     key = comms[["host", "pid", "comm"]]
-    if key.duplicated().any():  # not from communicators_table: let pandas do the general join
-        return _join_ranks_merge(colls, comms)
+    assert not key.duplicated().any(), "one communicator row per (host, pid, comm)"
     h, kh, n_h = _codes_of(colls["host"], key["host"], False, codes.get("host"))
     p, kp, n_p = _codes_of(colls["pid"], key["pid"], True)
     m, km, n_m = _codes_of(colls["comm"], key["comm"], False, codes.get("comm"))
-    if n_h * n_p * n_m >= (1 << 62):
-        return _join_ranks_merge(colls, comms)
+    # Distinct hosts x pids x communicators of one log: far below 2**62.
+    assert n_h * n_p * n_m < (1 << 62), "join key codes would overflow int64"
     g = (h * n_p + p) * n_m + m
     known = np.flatnonzero((kh >= 0) & (kp >= 0) & (km >= 0))  # keys some collective has
     row = pd.Index((kh * n_p + kp) * n_m + km)[known].get_indexer(g)
@@ -343,19 +341,4 @@ def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict | None = No
     colls["bytes"] = colls["count"] * colls["elem_bytes"] * pd.Series(mult, index=colls.index)
     code, uniq = pd.factorize(g)
     colls["nccl_seq"] = _cumcount(code.astype(np.int64, copy=False), len(uniq))
-    return colls
-
-
-def _join_ranks_merge(colls: pd.DataFrame, comms: pd.DataFrame) -> pd.DataFrame:
-    """`join_ranks` as a pandas merge (communicator keys that repeat, or codes too wide)."""
-    key = comms[["host", "pid", "comm", "rank", "nranks"]].rename(columns={"nranks": "_n"})
-    key = key.astype({"pid": "Int64", "rank": "Int64", "_n": "Int64"})
-    key["host"] = key["host"].astype(colls["host"].dtype)
-    key["comm"] = key["comm"].astype(colls["comm"].dtype)
-    colls = colls.merge(key, on=["host", "pid", "comm"], how="left", sort=False)
-    colls["pg_size"] = colls["nranks"].fillna(colls.pop("_n")).astype("Int64")
-    mult = colls["pg_size"].where(colls["op"].isin(GATHER_LIKE), 1).astype("Int64")
-    colls["bytes"] = colls["count"] * colls["elem_bytes"] * mult
-    colls["nccl_seq"] = colls.groupby(["host", "pid", "comm"], dropna=False,
-                                      sort=False).cumcount().astype("int64")
     return colls

@@ -1,15 +1,31 @@
-"""`join_ranks` (hashed int codes) gives exactly what the pandas merge it replaced gives,
-including NA keys (a record without a prefix has no host and no pid) and missing
-communicators."""
+"""`join_ranks` (hashed int codes) gives exactly what the pandas merge it replaced gives
+(`_join_ranks_merge`, kept here as the reference), including NA keys (a record without a
+prefix has no host and no pid) and missing communicators."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from commscope.profiler._nccl_tables import _join_ranks_merge, join_ranks
+from commscope.profiler._nccl_formats import GATHER_LIKE
+from commscope.profiler._nccl_tables import join_ranks
 
 _STR = pd.StringDtype(na_value=np.nan)
+
+
+def _join_ranks_merge(colls: pd.DataFrame, comms: pd.DataFrame) -> pd.DataFrame:
+    """The reference: `join_ranks` as a pandas merge."""
+    key = comms[["host", "pid", "comm", "rank", "nranks"]].rename(columns={"nranks": "_n"})
+    key = key.astype({"pid": "Int64", "rank": "Int64", "_n": "Int64"})
+    key["host"] = key["host"].astype(colls["host"].dtype)
+    key["comm"] = key["comm"].astype(colls["comm"].dtype)
+    colls = colls.merge(key, on=["host", "pid", "comm"], how="left", sort=False)
+    colls["pg_size"] = colls["nranks"].fillna(colls.pop("_n")).astype("Int64")
+    mult = colls["pg_size"].where(colls["op"].isin(GATHER_LIKE), 1).astype("Int64")
+    colls["bytes"] = colls["count"] * colls["elem_bytes"] * mult
+    colls["nccl_seq"] = colls.groupby(["host", "pid", "comm"], dropna=False,
+                                      sort=False).cumcount().astype("int64")
+    return colls
 
 
 def _colls() -> pd.DataFrame:
@@ -32,7 +48,7 @@ def _comms() -> pd.DataFrame:
 
 
 def test_join_ranks_equals_the_pandas_merge():
-    fast = join_ranks(_colls(), _comms())
+    fast = join_ranks(_colls(), _comms(), {})
     slow = _join_ranks_merge(_colls(), _comms())
     pd.testing.assert_frame_equal(fast, slow)
     # (a, 1, 0x10) -> rank 0 of 2; (b, 2, 0x20) -> rank 3; (NA, NA, 0x10) -> rank 5 of 8;
@@ -53,6 +69,6 @@ def test_join_ranks_with_the_callers_codes_and_without_communicators():
              "gather": colls["op"].isin(["all_gather", "reduce_scatter"]).to_numpy()}
     pd.testing.assert_frame_equal(join_ranks(_colls(), _comms(), given),
                                   _join_ranks_merge(_colls(), _comms()))
-    none = join_ranks(_colls(), _comms()[:0])
+    none = join_ranks(_colls(), _comms()[:0], {})
     pd.testing.assert_frame_equal(none, _join_ranks_merge(_colls(), _comms()[:0]))
     assert none["rank"].isna().all() and none["pg_size"].tolist()[2] == 4
