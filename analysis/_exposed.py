@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._load import load_events, load_metadata
+from ._trace import Trace
 
 __all__ = ["exposed_communication"]
 
@@ -45,9 +45,10 @@ def exposed_communication(events: pd.DataFrame | str | os.PathLike, *,
     step on that device).
     """
     if isinstance(events, (str, os.PathLike)):
-        metadata = load_metadata(events) if metadata is None else metadata
-        events = load_events(events, columns=["run_id", "rank", "step", "phase",
-                                              "gpu_duration_ns", "gpu_hidden_ns"])
+        with Trace(events) as t:
+            metadata = t.metadata if metadata is None else metadata
+            events = t.events(columns=["run_id", "rank", "step", "phase", "gpu_duration_ns",
+                                       "gpu_hidden_ns"])
     ev = events[events["gpu_duration_ns"].notna() & events["gpu_hidden_ns"].notna()]
     if ev.empty:
         return pd.DataFrame(columns=_COLUMNS)

@@ -18,16 +18,12 @@ import os
 
 import pandas as pd
 
-from ._load import load_events, load_metadata
+from ._mismatch import _sig
+from ._trace import Trace
 
 __all__ = ["attribute_hang"]
 
 _COLUMNS = ["pg_name", "pg_desc", "kind", "ranks", "pg_seq", "expected", "pg_ranks", "detail"]
-
-
-def _sig(rows: pd.DataFrame) -> str:
-    r = rows.iloc[0]
-    return f"{r['api']} {r['bytes']} B {r['dtype']}"
 
 
 def attribute_hang(trace: str | os.PathLike) -> pd.DataFrame:
@@ -38,8 +34,9 @@ def attribute_hang(trace: str | os.PathLike) -> pd.DataFrame:
     pg_seq (the first collective concerned), expected (op, bytes, dtype the others issued),
     pg_ranks, detail (why, in words). `df.attrs['faulted_ranks']` is the union of the ranks.
     """
-    ev = load_events(trace)
-    metas = {int(m["rank"]): m for m in load_metadata(trace)}
+    with Trace(trace) as t:
+        ev = t.events(columns=["rank", "op", "pg_name", "pg_seq", "api", "bytes", "dtype"])
+        metas = {int(m["rank"]): m for m in t.metadata}
     coll = ev[~ev["op"].isin(["send", "recv"]) & ev["op"].notna()]
     p2p_groups = set(ev.loc[ev["op"].isin(["send", "recv"]), "pg_name"])
     cfg: dict[str, dict] = {}
@@ -67,7 +64,7 @@ def attribute_hang(trace: str | os.PathLike) -> pd.DataFrame:
             empty = [r for r in behind if r not in enq]
             why = (f"; the dumps of {empty} hold no entry of this group at all" if empty else "")
             out.append(dict(pg_name=g, pg_desc=desc, kind="not_issued", ranks=behind,
-                            pg_seq=seq, expected=_sig(want), pg_ranks=members,
+                            pg_seq=seq, expected=_sig(want.iloc[0], "api"), pg_ranks=members,
                             detail=f"ranks {behind} never issued collective #{seq} of group "
                                    f"{g} ({desc}) that the others issued{why}"))
         if g in p2p_groups:
@@ -84,7 +81,7 @@ def attribute_hang(trace: str | os.PathLike) -> pd.DataFrame:
             ahead = sorted(r for r, v in done.items() if v == best)
             want = rows[rows["pg_seq"] == seq]
             out.append(dict(pg_name=g, pg_desc=desc, kind="not_completed", ranks=sorted(slow),
-                            pg_seq=seq, expected=_sig(want) if len(want) else None,
+                            pg_seq=seq, expected=_sig(want.iloc[0], "api") if len(want) else None,
                             pg_ranks=members,
                             detail=f"ranks {sorted(slow)} issued as far as their peers but their "
                                    f"last completed collective of group {g} ({desc}) is "

@@ -29,6 +29,11 @@ __all__ = ["match_collectives", "collective_waits", "stragglers", "row_waits", "
 _ON = ("a.run_id IS NOT DISTINCT FROM b.run_id AND a.pg_name IS NOT DISTINCT FROM b.pg_name "
        "AND a.pg_seq = b.pg_seq")
 
+# Per event row `a` of a collective instance `b` ({inst}): its wait for the last rank, on the
+# instance's time basis.
+_WAIT = "b.last_start - CASE WHEN b.all_device THEN a.gpu_start_ns ELSE a.t_start_ns END"
+_ROW_JOIN = f"FROM events a JOIN {{inst}} b ON {_ON} WHERE a.op NOT IN ('send', 'recv')"
+
 # Per collective instance, host and device aggregates side by side; `all_device` picks one.
 # The latest start and who it was come from one max over start * 2^32 + rank (HUGEINT): an
 # exact tie goes to the highest rank, deterministically, at less cost than arg_max on a
@@ -99,6 +104,7 @@ def _basis(flag: str) -> str:
 
 
 def _match(src) -> pd.DataFrame:
+    """`match_collectives`: one row per collective instance and per send/recv pair."""
     inst = _instances(src)
     sql = f"""
     WITH allm AS (
@@ -140,13 +146,12 @@ def match_collectives(events: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
 
 
 def _waits(src) -> pd.DataFrame:
+    """`collective_waits`: per (collective instance, rank), the wait for the last rank."""
     inst = _instances(src)
     sql = f"""
     SELECT a.run_id, a.pg_name, a.pg_seq, a.rank, a.op, a.bytes, a.t_start_ns, a.t_end_ns,
-           b.last_start - CASE WHEN b.all_device THEN a.gpu_start_ns ELSE a.t_start_ns END
-             AS wait_ns, {_basis('b.all_device')} AS time_basis
-    FROM events a JOIN {inst} b ON {_ON}
-    WHERE a.op NOT IN ('send', 'recv')
+           {_WAIT} AS wait_ns, {_basis('b.all_device')} AS time_basis
+    {_ROW_JOIN.format(inst=inst)}
     ORDER BY a.run_id, a.pg_name, a.pg_seq, a.rank"""
     return src.sql(sql)
 
@@ -170,23 +175,21 @@ def row_waits(events: pd.DataFrame) -> pd.Series:
     with opened(frame, extra=("_row",)) as src:
         inst = _instances(src)
         w = src.sql(f"""
-        SELECT a._row, b.last_start - CASE WHEN b.all_device THEN a.gpu_start_ns
-                                         ELSE a.t_start_ns END AS wait_ns
-        FROM events a JOIN {inst} b ON {_ON} WHERE a.op NOT IN ('send', 'recv')
+        WITH p AS ({_pairs('_row')})
+        SELECT a._row, {_WAIT} AS wait_ns {_ROW_JOIN.format(inst=inst)}
         UNION ALL
-        SELECT s_k, greatest(s0, r0) - s0 FROM ({_pairs('_row')})
+        SELECT s_k, greatest(s0, r0) - s0 FROM p
         UNION ALL
-        SELECT r_k, greatest(s0, r0) - r0 FROM ({_pairs('_row')})""")
+        SELECT r_k, greatest(s0, r0) - r0 FROM p""")
     out = np.zeros(len(events), dtype="int64")
     out[w["_row"].to_numpy(dtype="int64")] = w["wait_ns"].fillna(0).to_numpy(dtype="int64")
     return pd.Series(pd.array(out, dtype="Int64"), index=events.index)
 
 
-_PER_RANK_JOIN = """
-SELECT a.rank, count(*) AS collectives,
-       sum(b.last_start - CASE WHEN b.all_device THEN a.gpu_start_ns ELSE a.t_start_ns END)
-         AS wait_total_ns, bool_and(b.all_device) AS dev_all, bool_or(b.all_device) AS dev_any
-FROM events a JOIN {inst} b ON {on} WHERE a.op NOT IN ('send', 'recv') {only}
+_PER_RANK_JOIN = f"""
+SELECT a.rank, count(*) AS collectives, sum({_WAIT}) AS wait_total_ns,
+       bool_and(b.all_device) AS dev_all, bool_or(b.all_device) AS dev_any
+{_ROW_JOIN} {{only}}
 GROUP BY a.rank"""
 
 
@@ -228,13 +231,14 @@ def _per_rank_host(src, inst: str) -> str:
         exact = (f"SELECT rank, sum(collectives) AS collectives, "
                  f"sum(wait_total_ns) AS wait_total_ns FROM ({exact} UNION ALL "
                  f"SELECT rank, collectives, wait_total_ns FROM "
-                 f"({_PER_RANK_JOIN.format(inst=inst, on=_ON, only=only)})) GROUP BY rank")
+                 f"({_PER_RANK_JOIN.format(inst=inst, only=only)})) GROUP BY rank")
     return f"SELECT *, FALSE AS dev_all, FALSE AS dev_any FROM ({exact})"
 
 
 def _stragglers(src) -> pd.DataFrame:
+    """`stragglers`: per rank, times last, wait imposed on others, wait suffered."""
     inst = _instances(src)
-    per = _PER_RANK_JOIN.format(inst=inst, on=_ON, only="") if src.device else \
+    per = _PER_RANK_JOIN.format(inst=inst, only="") if src.device else \
         _per_rank_host(src, inst)
     sql = f"""
     WITH per AS ({per}),

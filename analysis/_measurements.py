@@ -98,12 +98,14 @@ def trace_measurements(events: pd.DataFrame, *, source: str = "trace",
 
 
 def _from_trace(path: str) -> pd.DataFrame:
-    from ._load import load_events, load_metadata
+    from ._trace import Trace
 
-    ev = load_events(path, columns=_TRACE_COLUMNS)
+    with Trace(path) as t:
+        ev = t.events(columns=_TRACE_COLUMNS)
+        metadata = t.metadata
     # `commscope bench` sweeps (tagged "bench"): only their timed iterations (phase "bench")
     # count, not the warm-up. A folder may hold sweeps and other runs side by side.
-    sweeps = {md.get("run_id") for md in load_metadata(path) if (md.get("tags") or {}).get("bench")}
+    sweeps = {md.get("run_id") for md in metadata if (md.get("tags") or {}).get("bench")}
     is_sweep = ev["run_id"].isin(sweeps)
     parts = [trace_measurements(ev[is_sweep & (ev["phase"] == "bench")], source="sweep",
                                 path=path),

@@ -46,10 +46,11 @@ JOIN grp g ON c.run_id IS NOT DISTINCT FROM g.run_id AND c.pg_name IS NOT DISTIN
 ORDER BY c.run_id, c.pg_name, c.rank"""
 
 
-def _sig(row: dict) -> str:
+def _sig(row: dict | pd.Series, call: str = "op") -> str:
+    """A call as text: `call` (the op, or e.g. the api), bytes and dtype."""
     nbytes = row["bytes"]
     nbytes = "<NA>" if nbytes is None or pd.isna(nbytes) else int(nbytes)
-    return f"{row['op']} {nbytes} B {row['dtype']}"
+    return f"{row[call]} {nbytes} B {row['dtype']}"
 
 
 def _ranks_text(ranks: list[int]) -> str:
@@ -122,6 +123,7 @@ def _explain(g: pd.DataFrame) -> dict:
 
 
 def _mismatches(src) -> pd.DataFrame:
+    """`find_mismatches`: the first disagreement per process group."""
     cand = src.sql(_CANDIDATES)
     out = [_explain(g) for _, g in cand.groupby(["run_id", "pg_name"], sort=True, dropna=False)]
     df = pd.DataFrame(out, columns=_COLUMNS)

@@ -162,8 +162,9 @@ def join_nccl(events: pd.DataFrame, nccl_log: Any) -> NcclJoin:
             coverage.append(dict(host=host, pid=pid, pg_name=name, nccl_comm=None, both=0,
                                  nccl_only=0, hooks_only=len(groups[name])))
     trace_procs = set(zip(ev_host, ev["pid"]))
-    for (host, pid, comm), cg in colls.groupby(["host", "pid", "comm"]):
-        if (str(host).split(".", 1)[0], pid) not in trace_procs:
+    for (host, short, pid, comm), cg in colls.groupby([colls["host"], nccl_host.rename("short"),
+                                                        "pid", "comm"]):
+        if (short, pid) not in trace_procs:
             coverage.append(dict(host=host, pid=pid, pg_name=None, nccl_comm=comm, both=0,
                                  nccl_only=len(cg), hooks_only=0))
     cov = pd.DataFrame(coverage, columns=["host", "pid", "pg_name", "nccl_comm", "both",

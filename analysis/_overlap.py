@@ -23,6 +23,7 @@ __all__ = ["overlap"]
 
 
 def _overlap(src) -> pd.DataFrame:
+    """`overlap`: per (phase, op), hidden and exposed communication."""
     sql = """
     WITH a AS (
       SELECT coalesce(phase, '(none)') AS phase, op, gpu_hidden_ns IS NOT NULL AS dev,

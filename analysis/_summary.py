@@ -34,6 +34,7 @@ def size_bucket(nbytes: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 
 def _summary(src) -> pd.DataFrame:
+    """`summarize`: per (phase, op, dimension, size bucket) latency and bandwidth."""
     from ._matching import rank_stats
 
     # Wall span per rank (device times included), from the pass stragglers shares.

@@ -20,6 +20,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ._load import TraceFormatError, _read_footer, _read_metadata, find_part_files
+from ._matching import _match, _stragglers, _waits
+from ._mismatch import _mismatches
+from ._overlap import _overlap
 from ._sql import (
     COLUMN_TYPES,
     any_device_times,
@@ -29,6 +32,7 @@ from ._sql import (
     run_sql,
     select_events,
 )
+from ._summary import _summary
 
 __all__ = ["Trace", "FrameEvents", "opened"]
 
@@ -38,6 +42,9 @@ class _Events:
 
     con: Any
     _device: bool | None = None
+
+    def __init__(self) -> None:
+        self._tables: set[str] = set()
 
     def _find_device(self) -> bool:
         raise NotImplementedError
@@ -51,41 +58,12 @@ class _Events:
             create_events_view(self.con, self._device)
         return self._device
 
-    def match(self) -> pd.DataFrame:
-        """`match_collectives`: one row per collective instance and per send/recv pair."""
-        from ._matching import _match
-
-        return _match(self)
-
-    def waits(self) -> pd.DataFrame:
-        """`collective_waits`: per (collective instance, rank), the wait for the last rank."""
-        from ._matching import _waits
-
-        return _waits(self)
-
-    def stragglers(self) -> pd.DataFrame:
-        """`stragglers`: per rank, times last, wait imposed on others, wait suffered."""
-        from ._matching import _stragglers
-
-        return _stragglers(self)
-
-    def overlap(self) -> pd.DataFrame:
-        """`overlap`: per (phase, op), hidden and exposed communication."""
-        from ._overlap import _overlap
-
-        return _overlap(self)
-
-    def mismatches(self) -> pd.DataFrame:
-        """`find_mismatches`: the first disagreement per process group."""
-        from ._mismatch import _mismatches
-
-        return _mismatches(self)
-
-    def summary(self) -> pd.DataFrame:
-        """`summarize`: per (phase, op, dimension, size bucket) latency and bandwidth."""
-        from ._summary import _summary
-
-        return _summary(self)
+    match = _match
+    waits = _waits
+    stragglers = _stragglers
+    overlap = _overlap
+    mismatches = _mismatches
+    summary = _summary
 
     def sql(self, query: str) -> pd.DataFrame:
         """Run any DuckDB query on view `events` (schema columns, clock-aligned, plus has_device,
@@ -96,11 +74,10 @@ class _Events:
     def temp_table(self, name: str, query: str) -> str:
         """Create temp table `name` from `query` once per connection (shared intermediate
         results, e.g. the collective instances used by match, waits and stragglers)."""
-        made = self.__dict__.setdefault("_tables", set())
         _ = self.device
-        if name not in made:
+        if name not in self._tables:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {query}")
-            made.add(name)
+            self._tables.add(name)
         return name
 
     def close(self) -> None:
@@ -123,6 +100,7 @@ class FrameEvents(_Events):
     columns it lacks read as NULL."""
 
     def __init__(self, frame: pd.DataFrame | pa.Table, *, extra: tuple[str, ...] = ()) -> None:
+        super().__init__()
         self.frame = frame
         self.con = connect(progress=False)
         self.con.register("frame_events", frame)
@@ -147,6 +125,7 @@ class Trace(_Events):
     """
 
     def __init__(self, path: str | os.PathLike, *, progress: bool | None = None) -> None:
+        super().__init__()
         self.path = os.fspath(path)
         self.files = find_part_files(path)
         footers = [_read_footer(f) for f in self.files]
