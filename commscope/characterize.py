@@ -35,7 +35,6 @@ __all__ = ["characterize", "characterize_traces", "leave_one_out", "conclusions"
 
 DEFAULT_CONFIGS = ("tp2", "pp2", "tp2pp2")
 DEFAULT_PROMPTS = (16, 64, 256)
-DTYPE_BYTES = {"float64": 8, "float32": 4}
 
 
 def parse_configs(configs: str | Iterable[str]) -> list[tuple[str, int, int]]:
@@ -122,12 +121,34 @@ def _timing(ev: pd.DataFrame, timings: dict) -> tuple[float, float, float]:
             float(100 * (in_call / wall.reindex(in_call.index)).mean()))
 
 
-def _row(run: dict, spec: Any, model: Any) -> dict:
-    """One table row from a run dict (see characterize_traces); repeats are pooled: medians of
-    the timings, time in calls averaged, transfer medians over every repeat's calls."""
+def _traces(run: dict) -> list[str]:
+    """A run dict's trace folders: the run's, then its repeats'."""
+    return [run["trace"], *run.get("repeats", [])]
+
+
+def _load(runs: Sequence[dict]) -> dict[str, pd.DataFrame]:
+    """`load_measurements` of every trace of `runs`, each path loaded once."""
     from . import analysis
 
-    traces = [run["trace"], *run.get("repeats", [])]
+    return {t: analysis.load_measurements(t) for r in runs for t in _traces(r)}
+
+
+def _pool(loaded: dict[str, pd.DataFrame], paths: Sequence[str]) -> pd.DataFrame:
+    """The measurements of `paths` from `_load`: the table `load_measurements(paths)` returns
+    (the same rows in the same order), without reading the traces again."""
+    from . import analysis
+
+    frames = [loaded[p] for p in paths if len(loaded[p])]
+    return pd.concat(frames, ignore_index=True) if frames else analysis.load_measurements([])
+
+
+def _row(run: dict, spec: Any, model: Any, loaded: dict[str, pd.DataFrame]) -> dict:
+    """One table row from a run dict (see characterize_traces); repeats are pooled: medians of
+    the timings, time in calls averaged, transfer medians over every repeat's calls. `loaded`:
+    the traces' measurements (`_load`)."""
+    from . import analysis
+
+    traces = _traces(run)
     timings = [run["timings"], *run.get("repeat_timings", [])]
     events = [analysis.load_events(t) for t in traces]
     ev = events[0]
@@ -136,7 +157,7 @@ def _row(run: dict, spec: Any, model: Any) -> dict:
     wl = analysis.Workload(run["batch"], run["prompt_len"], run["new_tokens"])
     sched = analysis.predict_schedule(spec, wl, analysis.ParallelConfig(tp=run["tp"],
                                                                         pp=run["pp"]))
-    meas = analysis.load_measurements(traces)
+    meas = _pool(loaded, traces)
     sched["measured_us"] = [_per_call(meas, None, r.op, r.pg_size, r.bytes, r.phase) * r.count
                             for r in sched.itertuples()]
     # Predicting a held-out configuration extrapolates by design; its error is what the table
@@ -189,19 +210,25 @@ def characterize_traces(runs: Sequence[dict], *, model: Any = None, dtype: str =
 
     `runs`: dicts with name, tp, pp, prompt_len, batch, new_tokens, trace (run folder), timings
     (`timings.json` content), tokens_match and optionally repeats / repeat_timings (more runs of
-    the same configuration and prompt length, pooled). Returns (table, held-out models by configuration
-    name); the models' training data never includes the configuration they predict."""
-    from . import analysis
-    from .models.llama import Config  # the model the traces ran (its module imports torch)
+    the same configuration and prompt length, pooled). `model`: the `analysis.ModelSpec` the
+    traces ran; None: the packaged Llama decoder in `dtype` (a torch dtype name). Returns
+    (table, held-out models by configuration name); the models' training data never includes
+    the configuration they predict."""
+    if model is None:
+        from .models import llama  # the model the traces ran (its module imports torch)
 
-    spec = (model or Config()).spec(DTYPE_BYTES[dtype]) if not hasattr(model, "hidden_size") \
-        else model
+        model = llama.Config().spec(llama.dtype_bytes(dtype))
+    return _characterize(runs, model, _load(runs), fit_options)
+
+
+def _characterize(runs: Sequence[dict], spec: Any, loaded: dict[str, pd.DataFrame],
+                  fit_options: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """characterize_traces with the model spec and the traces' measurements (`_load`) given."""
     names = list(dict.fromkeys(r["name"] for r in runs))
-    measured = {n: analysis.load_measurements([t for r in runs if r["name"] == n
-                                               for t in (r["trace"], *r.get("repeats", []))])
+    measured = {n: _pool(loaded, [t for r in runs if r["name"] == n for t in _traces(r)])
                 for n in names}
     models = leave_one_out(measured, **fit_options)
-    rows = [_row(r, spec, models[r["name"]]) for r in runs]
+    rows = [_row(r, spec, models[r["name"]], loaded) for r in runs]
     return pd.DataFrame(rows), models
 
 
@@ -211,11 +238,10 @@ def heldout_summary(table: pd.DataFrame) -> pd.DataFrame:
                      abs_p=table["heldout_error_prefill_pct"].abs())
     g = t.groupby(["config", "label"], sort=False).agg(
         decode_error_pct=("heldout_error_pct", "median"),
-        prefill_error_pct=("heldout_error_prefill_pct", "median"),
-        abs_d=("abs_d", "median"), abs_p=("abs_p", "median"))
+        prefill_error_pct=("heldout_error_prefill_pct", "median"))
     g["median_abs_error_pct"] = t.groupby(["config", "label"], sort=False).apply(
         lambda x: float(np.nanmedian(np.r_[x["abs_d"], x["abs_p"]])), include_groups=False)
-    return g.drop(columns=["abs_d", "abs_p"]).reset_index()
+    return g.reset_index()
 
 
 def conclusions(table: pd.DataFrame) -> list[dict]:
@@ -317,7 +343,8 @@ def characterize(out: str | os.PathLike, configs: str | Iterable[str] = DEFAULT_
                              repeats=[r[0] for r in mine[1:]],
                              repeat_timings=[r[2] for r in mine[1:]],
                              tokens_match=all(r[1] == reference[p] for r in mine)))
-    table, models = characterize_traces(runs, model=cfg.spec(DTYPE_BYTES[dtype]))
+    loaded = _load(runs)
+    table, models = _characterize(runs, cfg.spec(llama.dtype_bytes(dtype)), loaded, {})
     # More ranks than cores slows every transfer of a configuration (host scheduling): say so.
     table["cpu_cores"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else os.cpu_count()
@@ -325,8 +352,7 @@ def characterize(out: str | os.PathLike, configs: str | Iterable[str] = DEFAULT_
     for name, m in models.items():
         if m is not None:
             m.save(os.path.join(out, "heldout", f"{name}.json"))
-    analysis.CostModel.fit(analysis.load_measurements(
-        [t for r in runs for t in (r["trace"], *r["repeats"])])).save(
+    analysis.CostModel.fit(_pool(loaded, [t for r in runs for t in _traces(r)])).save(
         os.path.join(out, "calibration.json"))
     table.to_csv(os.path.join(out, "characterization.csv"), index=False)
     with open(os.path.join(out, "conclusions.json"), "w") as fh:

@@ -9,9 +9,7 @@ import time
 
 __all__ = ["run_demo"]
 
-CONFIGS = ("tp2", "pp2", "tp2pp2")
-PROMPTS = (16, 64, 256)
-BATCH, NEW_TOKENS, REPEATS = 2, 8, 2
+BATCH, NEW_TOKENS, REPEATS, DTYPE = 2, 8, 2, "float64"
 
 
 class _Progress:
@@ -27,7 +25,9 @@ def run_demo(out: str = "demo_out") -> int:
     """Run the demo into `out` and print where everything is and the headline numbers.
     Returns 1 when a configuration generated different tokens than one process."""
     from commscope import analysis, dashboards
-    from commscope.characterize import characterize
+    from commscope.characterize import DEFAULT_CONFIGS as CONFIGS
+    from commscope.characterize import DEFAULT_PROMPTS as PROMPTS
+    from commscope.characterize import characterize, parse_configs
     from commscope.cli._characterize import format_summary, format_table
     from commscope.models import llama
 
@@ -35,12 +35,15 @@ def run_demo(out: str = "demo_out") -> int:
     out = os.path.abspath(out)
     shutil.rmtree(out, ignore_errors=True)
 
-    step(f"Llama decoder under TP=2, PP=2 and TP=2 x PP=2 (gloo), prompts {list(PROMPTS)}, "
+    labels = [analysis.ParallelConfig(tp=tp, pp=pp).label() for _, tp, pp in
+              parse_configs(CONFIGS)]
+    step(f"Llama decoder under {', '.join(labels[:-1])} and {labels[-1]} (gloo), "
+         f"prompts {list(PROMPTS)}, "
          f"batch {BATCH}, {NEW_TOKENS} new tokens, {REPEATS} traced runs each "
          f"(commscope characterize)")
     try:
         table = characterize(out, configs=CONFIGS, prompts=PROMPTS, batch=BATCH,
-                             new_tokens=NEW_TOKENS, repeats=REPEATS,
+                             new_tokens=NEW_TOKENS, repeats=REPEATS, dtype=DTYPE,
                              progress=lambda m: print("  " + m, flush=True))
     except RuntimeError as exc:  # a rank failed: say so, not a traceback of the spawner
         print(f"commscope demo: error: {exc}")
@@ -61,9 +64,9 @@ def run_demo(out: str = "demo_out") -> int:
     wl = analysis.Workload(BATCH, longest, NEW_TOKENS)
     report = dashboards.write_report(
         list(sel["trace"]), os.path.join(out, "report.html"),
-        calibration=os.path.join(out, "calibration.json"), model=llama.Config().spec(8),
-        workload=wl, config=[analysis.ParallelConfig(tp=int(r.tp), pp=int(r.pp))
-                             for r in sel.itertuples()],
+        calibration=os.path.join(out, "calibration.json"),
+        model=llama.Config().spec(llama.dtype_bytes(DTYPE)), workload=wl,
+        config=[analysis.ParallelConfig(tp=int(r.tp), pp=int(r.pp)) for r in sel.itertuples()],
         characterization=table, title="commscope demo: TP vs PP vs TPxPP, calibrated in situ")
     print(f"  {report} ({os.path.getsize(report) / 1e6:.1f} MB, opens offline)")
 

@@ -119,19 +119,10 @@ def _straggler(runs: list) -> dict | None:
 
 def _exposed(runs: list) -> dict:
     values, parts = {}, []
-    fn = getattr(analysis, "exposed_communication", None)
     for label, ev, _ in runs:
-        t = None
-        if fn is not None:
-            try:
-                t = fn(ev)
-            except Exception:  # another helper's function: a failure must not lose the report
-                t = None
-        cols = list(t.columns) if t is not None else []
-        exp_c = next((c for c in cols if c.startswith("exposed") and c.endswith("_ns")), None)
-        tot_c = next((c for c in cols if c.startswith("comm") and c.endswith("_ns")), None)
-        if t is not None and len(t) and exp_c and tot_c and t[tot_c].sum() > 0:
-            exp, tot = float(t[exp_c].sum()), float(t[tot_c].sum())
+        t = analysis.exposed_communication(ev)
+        if len(t) and t["comm_ns"].sum() > 0:
+            exp, tot = float(t["exposed_ns"].sum()), float(t["comm_ns"].sum())
             how = "analysis.exposed_communication"
         else:
             ov = analysis.overlap(ev)

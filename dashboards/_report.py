@@ -205,8 +205,7 @@ def write_report(source: Any, out_html: str | os.PathLike, *, calibration: Any =
                      calibration=calibration, model=model, workload=workload)
     _insights.findings_section(page, found, anchors)
     if "whatif" in anchors:
-        label, cfg = max(((r[1], r[4]) for r in runs if r[4] is not None),
-                         key=lambda x: x[1].tp * x[1].pp * x[1].dp)
+        cfg = max((r[4] for r in runs if r[4] is not None), key=lambda c: c.tp * c.pp * c.dp)
         mine = None
         if char is not None and len(char):
             hit = char[(char["tp"] == cfg.tp) & (char["pp"] == cfg.pp)

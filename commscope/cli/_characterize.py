@@ -46,11 +46,13 @@ def format_summary(table) -> str:
 def _cmd_characterize(args: argparse.Namespace) -> int:
     import os
 
-    from commscope.characterize import characterize
+    from commscope.characterize import DEFAULT_CONFIGS, DEFAULT_PROMPTS, characterize
 
-    prompts = [int(p) for p in args.prompts.split(",") if p.strip()]
+    configs = DEFAULT_CONFIGS if args.configs is None else args.configs
+    prompts = DEFAULT_PROMPTS if args.prompts is None else \
+        [int(p) for p in args.prompts.split(",") if p.strip()]
     try:
-        table = characterize(args.out, configs=args.configs, prompts=prompts,
+        table = characterize(args.out, configs=configs, prompts=prompts,
                              batch=args.batch, new_tokens=args.new_tokens,
                              backend=args.backend, repeats=args.repeats,
                              progress=lambda m: print(m, flush=True))
@@ -76,8 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "traces (leave one configuration out) and write "
                                    "characterization.csv.")
     c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--configs", default="tp2,pp2,tp2pp2", help="e.g. tp2,pp2,tp2pp2")
-    c.add_argument("--prompts", default="16,64,256", help="prompt lengths, e.g. 16,64,256")
+    # Defaults (None): characterize's DEFAULT_CONFIGS / DEFAULT_PROMPTS, resolved when the
+    # command runs (building the parser imports no pandas).
+    c.add_argument("--configs", help="e.g. tp2,pp2,tp2pp2")
+    c.add_argument("--prompts", help="prompt lengths, e.g. 16,64,256")
     c.add_argument("--batch", type=int, default=2)
     c.add_argument("--new-tokens", type=int, default=8, help="generated tokens per sequence")
     c.add_argument("--repeats", type=int, default=2,

@@ -115,13 +115,17 @@ def _cmd_advise(args: argparse.Namespace) -> int:
 
     from commscope import analysis
 
-    if args.tp2d:
-        return _advise_tp2d(args)
-    try:
+    try:  # --devices: a count, or with --tp2d a devices file
         devices = int(args.devices)
     except ValueError:
+        devices = None
+    if args.tp2d:
+        if devices is not None:
+            raise ValueError("--tp2d needs --devices FILE (a devices JSON file), not a count")
+        return _advise_tp2d(args)
+    if devices is None:
         raise ValueError(f"--devices {args.devices!r}: a device count (an integer); a devices "
-                         f"file needs --tp2d") from None
+                         f"file needs --tp2d")
     a = analysis.advise(devices, _model(args), _workload(args), _cost_model(args),
                         device_memory_gb=args.memory_gb, max_pp=args.max_pp)
     shown = a.drop(columns="why").copy()
@@ -137,14 +141,12 @@ def _advise_tp2d(args: argparse.Namespace) -> int:
     from commscope.analysis import CostModel
     from commscope.analysis._advise2d import load_devices
 
-    if args.devices.isdigit():
-        raise ValueError("--tp2d needs --devices FILE (a devices JSON file), not a count")
     spec = load_devices(args.devices)
     models = spec["cost_models"]
     for link in ("intra", "inter"):  # command-line calibrations override the file's
         path = getattr(args, f"calibration_{link}") or args.calibration
         if path:
-            models[link] = CostModel.load(path)
+            models[link] = CostModel.load(path, library=args.library)
     if not models:
         raise ValueError(f"{args.devices}: no cost models (give cost_models in the file, "
                          f"--calibration, or --calibration-intra / --calibration-inter)")

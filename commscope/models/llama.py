@@ -56,6 +56,11 @@ class Config:
                          dtype_bytes=dtype_bytes)
 
 
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a torch dtype name as `run` takes it ("float64" -> 8)."""
+    return getattr(torch, dtype).itemsize
+
+
 class Parallel:
     """This rank's place in the TP x PP grid and its process groups (None: single process)."""
 
