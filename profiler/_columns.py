@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ._native import native
+
+_chook = native("_chook")
+
 __all__ = ["ColumnBuffer", "KeyTable", "FIELDS", "K", "NO_STEP", "pack"]
 
 #: Fields of a packed record, in order. A blocking call ends when it returns, so its end and
@@ -69,12 +73,14 @@ class KeyTable:
 
 
 class ColumnBuffer:
-    """A session's packed records (`FIELDS`, int64 each) since the last flush."""
+    """A session's packed records (`FIELDS`, int64 each) since the last flush: `ints` is the
+    compiled hook's `Records` when it is built (the hook appends in C), else an `array('q')`;
+    both take `frombytes(record)` and `len()` in int64 values."""
 
     __slots__ = ("ints",)
 
     def __init__(self) -> None:
-        self.ints = array("q")
+        self.ints = _chook.Records() if _chook is not None else array("q")
 
     def take(self) -> np.ndarray:
         """Remove the records appended so far and return them as an (n, K) int64 array.
@@ -84,7 +90,11 @@ class ColumnBuffer:
         is copied out: a numpy view would pin the array's buffer and make the hook's next
         append fail.
         """
-        n = len(self.ints)
-        data = self.ints[:n]
-        del self.ints[:n]
+        ints = self.ints
+        if type(ints) is array:
+            n = len(ints)
+            data = ints[:n]
+            del ints[:n]
+        else:
+            data = ints.take()
         return np.frombuffer(data, np.int64).reshape(-1, K)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["CallInfo", "ApiSpec", "DIST_APIS", "FUNCOL_APIS", "GATHER_LIKE", "P2P_SEND", "P2P_RECV"]
+__all__ = ["CallInfo", "ApiSpec", "DIST_APIS", "NATIVE_LAYOUTS", "FUNCOL_APIS", "GATHER_LIKE",
+           "P2P_SEND", "P2P_RECV"]
 
 
 # Extractors return plain tuples in CallInfo's field order: building a NamedTuple costs ~0.3 us,
@@ -154,6 +155,19 @@ def _barrier(group=None, async_op=False, device_ids=None, **_):
 
 def _monitored_barrier(group=None, timeout=None, wait_all_ranks=False, **_):
     return (None, 0, 0, 0, group, None, None, False, None, None)
+
+
+# Extractors the compiled hook (`_chook.Hook`) reads in C instead of calling them: (parameter
+# of the tensor that gives dtype and count, the other tensor's parameter or None, whether that
+# one is the output). Parameter names and order come from the extractor itself, and
+# tests/test_native_hook.py checks that the C reading equals the extractor's on every layout.
+NATIVE_LAYOUTS: dict[Callable[..., tuple], tuple[str | None, str | None, bool]] = {
+    _all_reduce: ("tensor", None, False),
+    _all_gather_single: ("input_tensor", "output_tensor", True),
+    _reduce_scatter_single: ("output", "input", False),
+    _all_to_all_single: ("input", "output", True),
+    _barrier: (None, None, False),
+}
 
 
 DIST_APIS: tuple[ApiSpec, ...] = (

@@ -1,7 +1,9 @@
 """Wrapper factories: the functions installed in place of torch.distributed's and funcol's.
 
 Each wrapper checks the re-entry flag, reads the call's arguments with its `ApiSpec` extractor,
-calls the original and hands the result to the recorder. The common blocking case is inlined.
+calls the original and hands the result to the recorder. The common blocking case is inlined;
+where the compiled hook is built (`_chook`), the APIs of `_ops.NATIVE_LAYOUTS` run that case in C
+and hand every other case to the Python wrapper below.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from struct import error as struct_error
 from time import time_ns
 from typing import Any
 
-from ._columns import pack
-from ._ops import ApiSpec
+from ._columns import _chook, pack
+from ._ops import NATIVE_LAYOUTS, ApiSpec
 from ._phases import _CURRENT
 from ._rows import R
 from ._work import mark_wait
@@ -44,6 +46,15 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
     # read and replace it whole: consecutive calls almost always share them, so the key table
     # is consulted about once per phase.
     last = [(None, None, None, 0, 0)]
+
+    def fail(entry: tuple, tid: int, exc: BaseException) -> None:
+        finish(entry_row(entry, tid), None, exc)
+
+    def raw(entry: tuple, tid: int, t1: int) -> None:
+        # A field that is not an int64: an ordinary row instead of a packed record.
+        row = entry_row(entry, tid)
+        row[R.TEND] = row[R.TRET] = t1
+        rec.emit(row)
 
     @functools.wraps(orig)
     def wrapper(*args, **kwargs):
@@ -79,7 +90,10 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
             res = orig(*args, **kwargs)
         except BaseException as exc:
             del busy[tid]
-            finish(entry_row(entry, tid) if entry is not None else row, None, exc)
+            if entry is None:
+                finish(row, None, exc)
+            else:
+                fail(entry, tid, exc)
             raise
         del busy[tid]
         if entry is None:
@@ -95,10 +109,8 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
             last[0] = (dt, gi, ph, code, step)
         try:
             packed = pack(t0, t1, info[1], info[2], info[3], pg_seq, seq, tid, step, code)
-        except struct_error:  # a field that is not an int64: an ordinary row instead
-            row = entry_row(entry, tid)
-            row[R.TEND] = row[R.TRET] = t1
-            rec.emit(row)
+        except struct_error:
+            raw(entry, tid, t1)
             return res
         for s in sessions:
             ints = s._cols.ints
@@ -108,7 +120,20 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
         return res
 
     wrapper.__commscope_original__ = orig
-    return wrapper
+    layout = NATIVE_LAYOUTS.get(extract) if simple else None
+    if _chook is None or layout is None:
+        return wrapper
+    params = extract.__code__.co_varnames[:extract.__code__.co_argcount]
+    count, other, other_is_out = layout
+    hook = _chook.Hook(
+        orig=orig, slow=wrapper, rec=rec, api_idx=api_idx, params=params,
+        count=params.index(count) if count else -1, other=params.index(other) if other else -1,
+        other_is_out=other_is_out, group=params.index("group"),
+        async_op=params.index("async_op"), key_code=key_code, phase_var=_CURRENT, fail=fail,
+        raw=raw)
+    functools.update_wrapper(hook, orig)
+    hook.__commscope_original__ = orig
+    return hook
 
 
 def entry_row(entry: tuple, tid: int) -> list:

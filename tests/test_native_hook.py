@@ -1,0 +1,149 @@
+"""The compiled hook (`profiler/_chook.c`) records exactly what the Python wrapper records.
+
+The same calls run twice on the fake process group: once with the compiled hook installed (when
+it is built) and once with the pure-Python path (what runs without a C compiler), and the traces
+must be equal in every column but the clock readings. The calls cover each compiled layout with
+positional, keyword and mixed arguments, subgroups, dtypes, phases and steps, plus every case the
+C code hands back to Python (async calls, bad arguments, errors, values that are not int64).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pyarrow as pa
+import pytest
+import torch
+import torch.distributed as dist
+
+from commscope import profiler
+from commscope.profiler import _columns, _ops, _wrappers
+from commscope.profiler._recorder import RECORDER
+from tests.analysis_fixtures import session_events
+
+WORLD, RANK = 4, 1
+CLOCKS = ["run_id", "pid", "t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns"]
+built = pytest.mark.skipif(_columns._chook is None,
+                           reason="compiled hook not built (no C compiler at install)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fake_pg():
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=RANK, world_size=WORLD, store=FakeStore())
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.fixture
+def python_path(monkeypatch):
+    """Install the pure-Python wrappers and buffers, as when the extension is not built."""
+    monkeypatch.setattr(_wrappers, "_chook", None)
+    monkeypatch.setattr(_columns, "_chook", None)
+
+
+def _workload(g, errors: list) -> None:
+    t, h = torch.ones(6), torch.ones(3, dtype=torch.bfloat16)
+    out, inp = torch.empty(4 * WORLD), torch.ones(4)
+    dist.all_reduce(t)
+    dist.all_reduce(t, dist.ReduceOp.MAX)
+    dist.all_reduce(tensor=h, group=None, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, dist.ReduceOp.SUM, g, False)
+    with profiler.phase("prefill"):
+        dist.all_gather_into_tensor(out, inp)
+        dist.all_gather_into_tensor(output_tensor=torch.empty(8), input_tensor=inp, group=g)
+        dist._all_gather_base(out, inp)
+        dist.reduce_scatter_tensor(torch.empty(2), torch.ones(2 * WORLD))
+        dist.reduce_scatter_tensor(torch.empty(3), torch.ones(6), group=g, op=dist.ReduceOp.SUM)
+    for step in range(3):
+        with profiler.phase("decode", step=step):
+            dist.all_reduce(h)
+            dist.all_to_all_single(torch.empty(8), torch.ones(8))
+            dist.all_to_all_single(torch.empty(5), torch.ones(8), [2, 1, 1, 1], [2, 2, 2, 2])
+    dist.barrier()
+    dist.barrier(group=g)
+    dist.all_reduce(t, async_op=True).wait()  # async: the Python path records it
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, async_op=False)
+    dist.all_gather([torch.empty(2) for _ in range(WORLD)], torch.ones(2))  # Python-only layout
+    for bad in ((torch.ones(2),), ("not a tensor",)):
+        try:
+            dist.all_reduce(*bad, op="not an op")
+        except TypeError as exc:
+            errors.append(str(exc).splitlines()[0])
+
+
+def _record(tmp_path, name: str, g):
+    errors: list = []
+    with profiler.trace(tmp_path / name) as s:
+        hooked = type(dist.all_reduce).__name__, type(s._cols.ints).__name__
+        _workload(g, errors)
+    return session_events(s).drop(columns=CLOCKS), hooked, errors
+
+
+@built
+def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch):
+    g = dist.new_group([0, 1])
+    native, hooked, errors = _record(tmp_path, "native", g)
+    assert hooked == ("Hook", "Records")  # the compiled path really ran
+    with monkeypatch.context() as m:
+        m.setattr(_wrappers, "_chook", None)
+        m.setattr(_columns, "_chook", None)
+        python, py_hooked, py_errors = _record(tmp_path, "python", g)
+    assert py_hooked == ("function", "array")
+    assert errors == py_errors and len(errors) == 2
+    assert len(native) == 24
+    assert native["api"].value_counts().to_dict() == {
+        "all_reduce": 10, "all_to_all_single": 6, "all_gather_into_tensor": 2,
+        "reduce_scatter_tensor": 2, "barrier": 2, "_all_gather_base": 1, "all_gather": 1}
+    assert native["bytes"].tolist()[:4] == [24, 24, 6, 24]
+    assert native["pg_size"].tolist()[:4] == [WORLD, WORLD, WORLD, 2]
+    assert native["step"].dropna().tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert native["error"].notna().sum() == 1  # the bad op; the bad tensor is never recorded
+    assert native["seq"].tolist() == list(range(24))
+    # Every column but the clocks, value for value (dtypes too).
+    assert native.columns.tolist() == python.columns.tolist()
+    tn, tp = (pa.Table.from_pandas(df, preserve_index=False) for df in (native, python))
+    assert [c for c in tn.column_names if not tn[c].equals(tp[c])] == []
+
+
+class _Unsized:
+    """A tensor-like argument whose element count is not an int (a packed record cannot hold
+    it: the call becomes a raw row, whose count is null)."""
+
+    dtype = torch.float32
+
+    def numel(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_values_not_int64_become_a_raw_row(tmp_path, request, path):
+    if path == "python":
+        request.getfixturevalue("python_path")
+    elif _columns._chook is None:
+        pytest.skip("compiled hook not built")
+    spec = next(s for s in _ops.DIST_APIS if s.name == "all_reduce")
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(1))  # registers the default group's counter
+        wrapped = _wrappers.make_wrapper(RECORDER, 0, spec, lambda *a, **k: "done", True)
+        assert type(wrapped).__name__ == ("Hook" if path == "native" else "function")
+        assert wrapped(_Unsized()) == "done"
+        assert len(s._cols.ints) == 10 and len(s._buf) == 1  # one packed record, one raw row
+    df = session_events(s)
+    assert df["count"].tolist()[0] == 1 and df["count"].isna().tolist() == [False, True]
+    assert df["dtype"].tolist() == ["float32", "float32"]
+    assert df["completion"].tolist() == ["return", "return"]
+    assert df["pg_seq"].tolist() == [0, 1]
+
+
+@built
+def test_compiled_hook_keeps_the_original_function_metadata(tmp_path):
+    orig = dist.all_reduce
+    with profiler.trace(tmp_path):
+        hook = dist.all_reduce
+        assert type(hook).__name__ == "Hook"
+        assert hook.__commscope_original__ is orig
+        assert hook.__wrapped__ is orig and hook.__name__ == "all_reduce"
+        assert inspect.signature(hook) == inspect.signature(orig)
+    assert dist.all_reduce is orig
