@@ -50,6 +50,10 @@ def _rank(rank: int, world: int, port: int, a: dict, q) -> None:
     from commscope.models import llama
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if a["pin"] and hasattr(os, "sched_setaffinity"):
+        # Before any thread starts (gloo's, OpenMP's, the writer): they inherit the mask.
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[rank % len(cpus)]})
     dist.init_process_group("gloo", rank=rank, world_size=world)
     # As the demo (and torchrun) run it: each rank gets its share of the cores for intra-op
     # threads. With the default (every core per rank) idle OpenMP threads of one rank spin on
@@ -111,6 +115,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--output", type=int, default=32)
+    ap.add_argument("--pin", action="store_true",
+                    help="pin each rank (and its threads) to one core: the OS then never "
+                         "moves a rank, which narrows the per-pair spread")
     ap.add_argument("--flush-interval", type=float, default=2.0,
                     help="the session's flush_interval_s (timed flushes of buffered rows)")
     a = ap.parse_args()
@@ -124,7 +131,8 @@ def main() -> None:
                            start_method="spawn")
         r = q.get()
     print(f"TP={a.tp} PP={a.pp}, batch {a.batch}, prompt {a.prompt}, {a.output} tokens, "
-          f"{a.pairs} pairs (ABBA) in one session; {r['calls']} calls traced per generation; "
+          f"{a.pairs} pairs (ABBA) in one session{', ranks pinned to cores' if a.pin else ''}; "
+          f"{r['calls']} calls traced per generation; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     b, t, ratio, (lo, hi) = r["wall"]
     print(f"wall: untraced {b * 1e3:.1f} ms, traced {t * 1e3:.1f} ms per generation (medians); "

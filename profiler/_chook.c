@@ -107,7 +107,8 @@ typedef struct {
     /* The last (dtype, group info, phase) and its key code and step (see make_wrapper). */
     PyObject *last_dt, *last_gi, *last_ph;
     int64_t last_code, last_step;
-    PyObject *cached_session, *cached_ints;
+    PyObject *cached_session, *cached_ints, *cached_sdict;
+    PyObject *rec_dict; /* rec.__dict__: cuda_timing and seq are read from it directly */
 } Hook;
 
 static PyObject *s_numel, *s_dtype, *s_cuda_timing, *s_seq, *s_cols, *s_ints, *s_flush_at,
@@ -145,13 +146,19 @@ static int append_all(Hook *h, const int64_t *recd) {
         PyObject *s = PyList_GET_ITEM(h->sessions, i);
         Py_INCREF(s);
         PyObject *ints;
-        if (s == h->cached_session) {
-            ints = Py_NewRef(h->cached_ints);
-        } else {
-            if (!(ints = records_of(s))) { Py_DECREF(s); return -1; }
+        if (s != h->cached_session) {
+            PyObject *sdict = PyObject_GetAttrString(s, "__dict__");
+            if (!sdict || !PyDict_Check(sdict) || !(ints = records_of(s))) {
+                if (sdict && !PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "commscope hook: unexpected session");
+                Py_XDECREF(sdict); Py_DECREF(s);
+                return -1;
+            }
             Py_XSETREF(h->cached_session, Py_NewRef(s));
-            Py_XSETREF(h->cached_ints, Py_NewRef(ints));
+            Py_XSETREF(h->cached_ints, ints);
+            Py_XSETREF(h->cached_sdict, sdict);
         }
+        ints = Py_NewRef(h->cached_ints);
         Py_ssize_t len;
         if (Py_IS_TYPE(ints, &RecordsType)) {
             Records *r = (Records *)ints;
@@ -168,10 +175,13 @@ static int append_all(Hook *h, const int64_t *recd) {
             len = PyObject_Size(ints);
         }
         Py_DECREF(ints);
-        PyObject *fa = PyObject_GetAttr(s, s_flush_at);
-        if (!fa) { Py_DECREF(s); return -1; }
+        PyObject *fa = PyDict_GetItemWithError(h->cached_sdict, s_flush_at); /* borrowed */
+        if (!fa) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "_flush_at");
+            Py_DECREF(s);
+            return -1;
+        }
         Py_ssize_t flush_at = PyLong_AsSsize_t(fa);
-        Py_DECREF(fa);
         if (flush_at == -1 && PyErr_Occurred()) { Py_DECREF(s); return -1; }
         if (len >= flush_at) {
             PyObject *meth = PyObject_GetAttr(s, s_flush);
@@ -197,9 +207,8 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
         if (inside < 0) return NULL;
         return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
     }
-    PyObject *cuda = PyObject_GetAttr(h->rec, s_cuda_timing);
+    PyObject *cuda = PyDict_GetItemWithError(h->rec_dict, s_cuda_timing); /* borrowed */
     int timed = cuda ? PyObject_IsTrue(cuda) : -1;
-    Py_XDECREF(cuda);
     if (timed != 0) { Py_DECREF(tid); if (timed < 0) PyErr_Clear(); goto slow; }
     int64_t t0 = now_ns();
 
@@ -238,7 +247,6 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
             goto slow;
         }
     } else { /* barrier: no tensor */
-        tensor = Py_None;
         n = PyLong_FromLong(0);
         dtype = Py_NewRef(Py_None);
     }
@@ -255,15 +263,13 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     }
     Py_INCREF(gi);
     PyObject *pg_seq = PyIter_Next(ctr);
-    PyObject *seq_it = pg_seq ? PyObject_GetAttr(h->rec, s_seq) : NULL;
+    PyObject *seq_it = pg_seq ? PyDict_GetItemWithError(h->rec_dict, s_seq) : NULL;
     PyObject *seq = seq_it ? PyIter_Next(seq_it) : NULL;
-    Py_XDECREF(seq_it);
     PyObject *ph = NULL;
     if (seq && PyContextVar_Get(h->phase_var, Py_None, &ph) < 0) ph = NULL;
     PyObject *info = NULL, *entry = NULL, *t0_obj = NULL;
     if (ph) {
-        info = PyTuple_Pack(10, dtype, n, in_n, out_n, group, Py_None, Py_None, async_obj,
-                            tensor, Py_None);
+        info = PyTuple_Pack(4, dtype, n, in_n, out_n); /* what entry_row reads */
         t0_obj = PyLong_FromLongLong(t0);
     }
     if (info && t0_obj) entry = PyTuple_Pack(7, h->api_idx, t0_obj, info, gi, pg_seq, seq, ph);
@@ -364,21 +370,25 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PyObject *counters = sessions ? PyObject_GetAttrString(rec, "counters") : NULL;
     PyObject *groups = counters ? PyObject_GetAttrString(rec, "groups") : NULL;
     PyObject *names = groups ? PyObject_GetAttrString(groups, "_names") : NULL;
+    PyObject *rec_dict = names ? PyObject_GetAttrString(rec, "__dict__") : NULL;
     Py_XDECREF(groups);
-    if (!names || !PyDict_Check(busy) || !PyList_Check(sessions) || !PyDict_Check(counters) ||
-        !PyDict_Check(names) || !PyContextVar_CheckExact(phase_var)) {
+    if (!rec_dict || !PyDict_Check(rec_dict) || !PyDict_Check(busy) || !PyList_Check(sessions) ||
+        !PyDict_Check(counters) || !PyDict_Check(names) || !PyContextVar_CheckExact(phase_var)) {
         Py_XDECREF(busy); Py_XDECREF(sessions); Py_XDECREF(counters); Py_XDECREF(names);
+        Py_XDECREF(rec_dict);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Hook: unexpected recorder");
         return NULL;
     }
     Hook *h = (Hook *)type->tp_alloc(type, 0);
     if (!h) {
         Py_DECREF(busy); Py_DECREF(sessions); Py_DECREF(counters); Py_DECREF(names);
+        Py_DECREF(rec_dict);
         return NULL;
     }
     h->vectorcall = (vectorcallfunc)hook_vectorcall;
     h->orig = Py_NewRef(orig); h->slow = Py_NewRef(slow); h->rec = Py_NewRef(rec);
     h->busy = busy; h->sessions = sessions; h->counters = counters; h->names = names;
+    h->rec_dict = rec_dict;
     h->key_code = Py_NewRef(key_code); h->phase_var = Py_NewRef(phase_var);
     h->fail = Py_NewRef(fail); h->raw = Py_NewRef(raw);
     h->api_idx = Py_NewRef(api_idx); h->params = Py_NewRef(params);
@@ -393,7 +403,8 @@ static int hook_traverse(Hook *h, visitproc visit, void *arg) {
     Py_VISIT(h->key_code); Py_VISIT(h->phase_var); Py_VISIT(h->fail); Py_VISIT(h->raw);
     Py_VISIT(h->api_idx); Py_VISIT(h->params);
     Py_VISIT(h->last_dt); Py_VISIT(h->last_gi); Py_VISIT(h->last_ph);
-    Py_VISIT(h->cached_session); Py_VISIT(h->cached_ints);
+    Py_VISIT(h->cached_session); Py_VISIT(h->cached_ints); Py_VISIT(h->cached_sdict);
+    Py_VISIT(h->rec_dict);
     return 0;
 }
 
@@ -403,7 +414,8 @@ static int hook_clear(Hook *h) {
     Py_CLEAR(h->key_code); Py_CLEAR(h->phase_var); Py_CLEAR(h->fail); Py_CLEAR(h->raw);
     Py_CLEAR(h->api_idx); Py_CLEAR(h->params);
     Py_CLEAR(h->last_dt); Py_CLEAR(h->last_gi); Py_CLEAR(h->last_ph);
-    Py_CLEAR(h->cached_session); Py_CLEAR(h->cached_ints);
+    Py_CLEAR(h->cached_session); Py_CLEAR(h->cached_ints); Py_CLEAR(h->cached_sdict);
+    Py_CLEAR(h->rec_dict);
     return 0;
 }
 

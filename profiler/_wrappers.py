@@ -137,7 +137,9 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
 
 
 def entry_row(entry: tuple, tid: int) -> list:
-    """The raw row (`_rows.R`) of a fast-path call from its entry tuple (returned or not)."""
+    """The raw row (`_rows.R`) of a fast-path call from its entry tuple (returned or not):
+    (api index, t0, info, group info, pg_seq, seq, phase), where info starts with dtype and the
+    three counts (the Python path's is the extractor's tuple; the compiled hook's just those)."""
     api_idx, t0, info, gi, pg_seq, seq, ph = entry
     return [api_idx, t0, None, None, info[0], info[1], info[2], info[3], gi, pg_seq, seq, ph,
             tid, None]
