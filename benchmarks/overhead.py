@@ -2,15 +2,19 @@
 
     .venv/bin/python benchmarks/overhead.py            # ~2 minutes on 2 cores
     .venv/bin/python benchmarks/overhead.py --memory-events 10000000
+    COMMSCOPE_NO_NATIVE=1 .venv/bin/python benchmarks/overhead.py   # the pure-Python hook
 
-Four measurements, each a ratio or difference taken in this one run:
-1. Hook cost per call on the single-process fake process group (same Python path as a real
+It prints which hook runs (the compiled one, or the pure-Python fallback), then, each a ratio or
+difference taken in this one run:
+1. Sustained: whole sessions (open, N calls with several part files written, close) against the
+   same N calls untraced, alternating; added wall time per call, and the calling thread's CPU.
+2. Hook cost per call on the single-process fake process group (same Python path as a real
    backend, ~0.02 us noise): untraced and traced blocks alternate; the median of the per-pair
    differences is the added time per call. Default and capture="full" modes.
-2. The same on 2 real gloo ranks (1-element all_reduce), alternating blocks. On 2 cores its
+3. The same on 2 real gloo ranks (1-element all_reduce), alternating blocks. On 2 cores its
    noise (tens of us) is far above the hook's cost; it is printed for reference.
-3. Write rate: raw rows -> Arrow -> zstd Parquet part files, events per second.
-4. Memory: peak RSS growth while recording N events through the hooks (the buffer is bounded
+4. Write rate: packed records and raw rows -> Arrow -> zstd Parquet part files, events/s.
+5. Memory: peak RSS growth while recording N events through the hooks (the buffer is bounded
    by flush_events, so growth must not scale with N).
 """
 
@@ -37,6 +41,15 @@ def _block(n: int, t: torch.Tensor, fn=None) -> float:
     return (time.perf_counter_ns() - t0) / n / 1e3
 
 
+def _hook_kind() -> str:
+    """Which recording path runs: the compiled hook or the pure-Python one."""
+    from commscope.profiler import _columns
+
+    if _columns._chook is not None:
+        return "compiled hook (profiler/_chook.c)"
+    return "pure-Python hook (COMMSCOPE_NO_NATIVE=1, or the extension was not built)"
+
+
 def _summary(base: list[float], traced: list[float]) -> tuple[float, float, float]:
     diffs = [b - a for a, b in zip(base, traced)]
     return statistics.median(base), statistics.median(traced), statistics.median(diffs)
@@ -59,23 +72,29 @@ def fake_pg_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, fl
 
 
 def sustained_overhead(n: int, flush_events: int, rounds: int, out: str
-                       ) -> tuple[float, float, float, int]:
+                       ) -> tuple[float, float, float, float, int]:
     """The honest figure: a whole session (open, n calls with several flushes, close, final
     write) against the same n calls untraced, alternating `rounds` times in this run. Returns
-    medians (untraced us/call, traced us/call, added us/call) and the parts per session."""
+    medians (untraced us/call, traced us/call, added us/call of wall time, added us/call of the
+    calling thread's CPU time) and the parts per session. Wall minus CPU is what the calling
+    thread spent waiting (for the GIL or a core while the writer thread ran)."""
     t = torch.ones(1)
-    base, traced, parts = [], [], 0
+    base, traced, cpu, parts = [], [], [], 0
     for r in range(rounds):
+        c0 = time.thread_time_ns()
         base.append(_block(n, t))
+        c1 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         with profiler.trace(out, run_name=f"sustained-{r}", flush_events=flush_events) as s:
             fn = dist.all_reduce
             for _ in range(n):
                 fn(t)
         traced.append((time.perf_counter_ns() - t0) / n / 1e3)
+        cpu.append(((time.thread_time_ns() - c1) - (c1 - c0)) / n / 1e3)
         parts = s.parts
     b, tr = statistics.median(base), statistics.median(traced)
-    return b, tr, statistics.median(y - x for x, y in zip(base, traced)), parts
+    return (b, tr, statistics.median(y - x for x, y in zip(base, traced)),
+            statistics.median(cpu), parts)
 
 
 def full_capture_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, float]:
@@ -214,11 +233,13 @@ def main() -> None:
         dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
         print(f"torch {torch.__version__}, {os.cpu_count()} cores; blocks of {a.calls} calls, "
               f"{a.pairs} alternating pairs")
-        b, t, d, parts = sustained_overhead(a.sustained_events, 65536, a.sustained_rounds,
-                                            os.path.join(out, "sustained"))
+        print(f"[hook] {_hook_kind()}")
+        b, t, d, dc, parts = sustained_overhead(a.sustained_events, 65536, a.sustained_rounds,
+                                                os.path.join(out, "sustained"))
         print(f"[sustained, fake pg] {a.sustained_events:,} calls: untraced {b:.2f} us/call; "
               f"whole session (open, calls, {parts} parts written, close) {t:.2f} us/call; added "
-              f"{d:+.2f} us/call (median of {a.sustained_rounds} alternating rounds)")
+              f"{d:+.2f} us/call (median of {a.sustained_rounds} alternating rounds); the calling "
+              f"thread's CPU {dc:+.2f} us/call")
         runs = () if a.only_sustained else (("default", fake_pg_overhead),
                                             ("full", full_capture_overhead))
         for capture, fn in runs:
