@@ -308,12 +308,15 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
                  as_i64(PyTuple_GET_ITEM(k, 1), &step) == 0;
         Py_DECREF(k);
         if (!ok) goto raw;
-        Py_INCREF(dtype); Py_INCREF(gi); Py_INCREF(ph);
-        Py_XSETREF(h->last_dt, dtype);
-        Py_XSETREF(h->last_gi, gi);
-        Py_XSETREF(h->last_ph, ph);
+        /* Replace the whole cache before releasing the old values: a release can run code
+         * (and let another thread in), which must never see half a cache. */
+        PyObject *old_dt = h->last_dt, *old_gi = h->last_gi, *old_ph = h->last_ph;
+        h->last_dt = Py_NewRef(dtype);
+        h->last_gi = Py_NewRef(gi);
+        h->last_ph = Py_NewRef(ph);
         h->last_code = code;
         h->last_step = step;
+        Py_XDECREF(old_dt); Py_XDECREF(old_gi); Py_XDECREF(old_ph);
     }
     {
         int64_t recd[NFIELDS];
