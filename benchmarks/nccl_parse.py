@@ -1,7 +1,12 @@
 """NCCL log parsing speed on a generated multi-million-line log, against `grep -c` on the same file,
 and the records recovered against what the generator wrote.
 
-    .venv/bin/python benchmarks/nccl_parse.py --lines 2000000
+    .venv/bin/python benchmarks/nccl_parse.py --lines 2000000 [--also-numpy]
+
+It says which scanner ran: the compiled kernel (`native`, profiler/_cscan.c) or the numpy
+fallback (`numpy`: not built, or COMMSCOPE_NO_NATIVE=1). `--also-numpy` parses the file a second
+time with the fallback in the same process (so that run finds the page cache and the allocator
+warm) and checks the tables are identical.
 
 The log mimics a busy inference job's NCCL_DEBUG=INFO COLL,TUNING output: 4 ranks interleaved
 (two of them behind mpirun's `[1,r]<stdout>:` tag), collective lines each followed by its tuning
@@ -19,7 +24,9 @@ import subprocess
 import tempfile
 import time
 
-from commscope.profiler import parse_nccl_logs
+import pandas as pd
+
+from commscope.profiler import _nccl_scan, parse_nccl_logs
 
 _OPS = [("AllReduce", 7, 4), ("AllGather", 9, 2), ("ReduceScatter", 9, 2), ("Send", 9, 2),
         ("Recv", 9, 2)]
@@ -79,6 +86,8 @@ def generate(path: str, n_lines: int, seed: int = 0) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=2_000_000)
+    ap.add_argument("--also-numpy", action="store_true",
+                    help="parse again with the numpy fallback and compare the tables")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "nccl.log")
@@ -96,6 +105,7 @@ def main() -> None:
         n = log.summary["lines_read"]
         rec = log.summary["records"]
         c = log.collectives
+        print(f"scanner: {_nccl_scan.KERNEL}")
         print(f"{n:,} lines, {size_mb:.0f} MB: parsed in {parse_s:.2f} s = {n / parse_s:,.0f} "
               f"lines/s, {size_mb / parse_s:.1f} MB/s; CPU time {cpu_s:.2f} s (all threads) = "
               f"{n / cpu_s:,.0f} lines per CPU-second; load average {os.getloadavg()[0]:.1f} "
@@ -109,6 +119,16 @@ def main() -> None:
         print(f"tuning lines: {rec.get('tuning', 0):,} of {truth['tunings']:,} written; "
               f"collectives with algo/proto: {int(c['algo'].notna().sum()):,}")
         print(f"peak RSS {rss0:.0f} -> {rss1:.0f} MiB (tables of {len(c):,} rows)")
+        if a.also_numpy and _nccl_scan._CSCAN is not None:
+            _nccl_scan._CSCAN = None  # the fallback, as COMMSCOPE_NO_NATIVE=1 gives it
+            t0 = time.perf_counter()
+            ref = parse_nccl_logs(path)
+            np_s = time.perf_counter() - t0
+            for name in ("collectives", "communicators", "topology", "warnings", "unparsed"):
+                pd.testing.assert_frame_equal(getattr(log, name), getattr(ref, name))
+            assert log.summary == ref.summary
+            print(f"numpy fallback, same process, second: {np_s:.2f} s = {n / np_s:,.0f} "
+                  f"lines/s; native / numpy time: {parse_s / np_s:.2f}; tables identical")
 
 
 if __name__ == "__main__":

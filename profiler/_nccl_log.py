@@ -2,10 +2,11 @@
 
 Real logs are damaged: launcher and logger prefixes, colour codes, interleaved ranks and threads,
 torn and glued lines, records wrapped onto the next line, prose in between, gzip, huge files. The
-file is read in blocks of whole lines (bounded memory); each block is scanned with array
-operations (`_nccl_scan`), and only the rare lines that need it go to the Python record parser
-(`_nccl_records`). Tuning lines are attached to their collectives with sorted-array joins
-(`_nccl_tuning`). Nothing raises on content; what was skipped is counted, with samples.
+file is read in blocks of whole lines (bounded memory, buffers reused); each block is scanned
+on a worker thread by the compiled kernel or its numpy twin (`_nccl_scan`), and only the rare
+lines that need it go to the Python record parser (`_nccl_records`). Tuning lines are attached
+to their collectives with sorted-array joins (`_nccl_tuning`). Nothing raises on content; what
+was skipped is counted, with samples.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from . import _nccl_scan
 from ._nccl_records import MAX_SAMPLES_PER_FILE, RecordParser, clean_host
 from ._nccl_scan import PAD_BYTES, PLAIN_KINDS, BlockScan, scan_block
 from ._nccl_tables import (
@@ -111,14 +113,17 @@ def _open_text(path: str) -> IO[str]:
     return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace")
 
 
-def _blocks(fh: IO[bytes], block_bytes: int, error: list) -> Iterator[bytearray]:
+def _blocks(fh: IO[bytes], block_bytes: int, error: list,
+            free: list | None = None) -> Iterator[bytearray]:
     """Blocks of whole lines, each followed by the scanner's PAD_BYTES (the file's last line
     gets a newline if it lacks one). Each block is read straight into its own buffer, after
-    the previous block's unfinished line (no second copy). A read error (a truncated gzip
-    stream) ends the blocks and is put in `error`; the lines before it are yielded."""
+    the previous block's unfinished line (no second copy); buffers the caller is done with
+    and put in `free` are read into again (fresh memory costs more than the read). A read
+    error (a truncated gzip stream) ends the blocks and is put in `error`; the lines before
+    it are yielded."""
     carry = b""
     while True:
-        buf = bytearray(len(carry) + block_bytes + len(PAD_BYTES))
+        buf = _buffer(free, len(carry) + block_bytes + len(PAD_BYTES))
         buf[:len(carry)] = carry
         try:
             n = fh.readinto(memoryview(buf)[len(carry):len(carry) + block_bytes])
@@ -140,6 +145,21 @@ def _blocks(fh: IO[bytes], block_bytes: int, error: list) -> Iterator[bytearray]
         yield buf
 
 
+def _buffer(free: list | None, size: int) -> bytearray:
+    """A buffer of `size` bytes: a free one resized (within its allocation: no copy), or new."""
+    while free:
+        buf = free.pop()
+        try:
+            if len(buf) < size:
+                buf.extend(bytes(size - len(buf)))
+            else:
+                del buf[size:]
+            return buf
+        except BufferError:  # still viewed somewhere: leave it to the garbage collector
+            continue
+    return bytearray(size)
+
+
 def _strip_ansi(block: bytes | bytearray) -> bytes:
     """`block` without colour codes. A code starts at ESC and holds no ESC, so matching at each
     ESC (found by memchr) is what `re.sub` does, without the regex walking every byte while
@@ -158,7 +178,11 @@ def _strip_ansi(block: bytes | bytearray) -> bytes:
 
 def _scan(block: bytes | bytearray) -> tuple[bytes | bytearray, BlockScan]:
     if b"\x1b" in block:  # colour codes (they never contain a newline)
-        block = _strip_ansi(block)
+        cscan = _nccl_scan._CSCAN
+        if cscan is not None and isinstance(block, bytearray):
+            del block[cscan.strip_ansi(block):]  # in place: no copy of the block
+        else:
+            block = _strip_ansi(block)
     if not block.isascii():
         block = block.decode("utf-8", "replace").encode("utf-8")
     return block, scan_block(block)
@@ -181,17 +205,16 @@ class _Parser:
         with _open_binary(path) as fh, ThreadPoolExecutor(_THREADS) as pool:
             # Blocks are scanned on worker threads (numpy and Arrow release the GIL) while this
             # thread handles the previous block's rare lines; at most _THREADS + 1 blocks are
-            # in memory.
+            # in memory, and their buffers are read into again.
             inflight: deque = deque()
-            for block in _blocks(fh, block_bytes, error):
-                inflight.append(pool.submit(_scan, block))
+            free: list[bytearray] = []
+            for block in _blocks(fh, block_bytes, error, free):
+                inflight.append((block, pool.submit(_scan, block)))
                 while len(inflight) > _THREADS:
-                    pending = self._block(*inflight.popleft().result(), path, file_idx, base,
-                                          pending)
+                    pending = self._next(inflight, free, path, file_idx, base, pending)
                     base += self.last_n
             while inflight:
-                pending = self._block(*inflight.popleft().result(), path, file_idx, base,
-                                      pending)
+                pending = self._next(inflight, free, path, file_idx, base, pending)
                 base += self.last_n
         if error:
             if base == 0:
@@ -202,6 +225,14 @@ class _Parser:
             self.counts["read_error"] += 1
         if pending is not None:
             self._python_line(pending[0], path, file_idx, pending[1], None)
+
+    def _next(self, inflight: deque, free: list, path: str, file_idx: int, base: int,
+              pending: tuple | None) -> tuple | None:
+        """Handle the oldest scanned block, then give its buffer back for reading."""
+        buf, fut = inflight.popleft()
+        pending = self._block(*fut.result(), path, file_idx, base, pending)
+        free.append(buf)
+        return pending
 
     def _python_line(self, text: str, path: str, file_idx: int, lineno: int,
                      nxt: str | None) -> bool:
@@ -218,7 +249,8 @@ class _Parser:
         self.lines_read += n
 
         def text(i: int) -> str:
-            return block[s.line_start[i]:s.line_end[i]].decode("utf-8")
+            start, end = s.bounds[i]
+            return block[start:end].decode("utf-8")
 
         consumed = set()
         if pending is not None and self._python_line(pending[0], path, file_idx, pending[1],
@@ -235,9 +267,9 @@ class _Parser:
         for part, out in ((s.colls, self.fast_c), (s.tunings, self.fast_t)):
             m = len(part["line"])
             if m:
-                part["line"] = part["line"] + (base + 1)
-                part["file_idx"] = np.full(m, file_idx, np.int64)
-                part["sub"] = np.zeros(m, np.int64)
+                part["line"] += base + 1  # in place: the scanner's own copy
+                # One value per block (every record alone on its line): expanded when joined.
+                part["file_idx"], part["sub"] = file_idx, 0
                 out.append(part)
         c = self.counts
         c["collective"] += len(s.colls["line"])

@@ -1,5 +1,7 @@
-"""Unsigned integers read straight out of a byte block, many fields at once (numpy, no Python
-per field): the scanner's number fields (counts, byte sizes, opCount in hex, ...).
+"""Fields read straight out of a byte block, many records at once (numpy, no Python per
+field): the numpy scanner kernel's field checks and conversions for clean COLL and TUNING
+records (`coll_fields`, `tuning_fields`; the compiled kernel, profiler/_cscan.c, applies the
+same rules), and the unsigned integers they are made of (counts, byte sizes, opCount in hex).
 
 Fields are given as [start, end) byte offsets into the block array `a`, which must be padded
 (the scanner's PAD_BYTES) so fixed-width reads never leave it. `parse_decimal` and `parse_hex`
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["parse_uint", "parse_decimal", "parse_hex", "word_view"]
+from ._nccl_formats import DTYPES
+
+__all__ = ["parse_uint", "parse_decimal", "parse_hex", "word_view", "coll_fields",
+           "tuning_fields"]
 
 _HEX = np.full(256, -1, np.int64)
 for _i, _c in enumerate(b"0123456789abcdef"):
@@ -114,3 +119,76 @@ def parse_hex(a: np.ndarray, words: np.ndarray, start: np.ndarray, end: np.ndarr
         ok &= (d < 16).all(axis=1)
         val += (d.astype(np.int64) @ _HEXW) << (32 * i)
     return np.where(ok, val, 0), ok
+
+
+def _windows(sp: np.ndarray, k: np.ndarray, le: np.ndarray, n: int):
+    """Token bounds for records whose marker space is sp[k]: token i (0 = "NCCL") is
+    [start[:, i], end[:, i]); `inside[:, i]` says it begins inside the record's line."""
+    win = sp[k[:, None] + np.arange(n + 1)]
+    return win[:, :-1] + 1, np.minimum(win[:, 1:], le[:, None]), win[:, :-1] < le[:, None]
+
+
+def _labels(a, start, end, cols, words) -> np.ndarray:
+    """Tokens `cols` equal `words` (length and first byte compared)."""
+    s, e = start[:, cols], end[:, cols]
+    ok = ((e - s) == np.array([len(w) for w in words])).all(axis=1)
+    ok &= (a[s] == np.array([w[0] for w in words], np.uint8)).all(axis=1)
+    return ok
+
+
+def coll_fields(a, words, k, le, sp):
+    """Fields of clean COLL records (marker spaces sp[k], line ends le): tokens 3.. are
+    `opCount X sendbuff X recvbuff X count N datatype N op N root N comm X [nranks=N] stream X`
+    (`[nranks=N]` since 2.x). Returns (fields of the records that pass, which pass)."""
+    st, en, inside = _windows(sp, k, le, 23)
+    ok = _labels(a, st, en, [5, 7, 9, 11, 13, 15, 17],
+                 [b"sendbuff", b"recvbuff", b"count", b"datatype", b"op", b"root", b"comm"])
+    has_n = (en[:, 19] - st[:, 19] > 9) & (a[st[:, 19]] == 91) & (a[st[:, 19] + 1] == 110) & \
+        (a[st[:, 19] + 7] == 61) & (a[np.maximum(en[:, 19] - 1, 0)] == 93)
+    r = np.arange(len(k))
+    sh = has_n.astype(np.int64)
+    ss, se = st[r, 19 + sh], en[r, 19 + sh]
+    ok &= (se - ss == 6) & (a[ss] == 115) & (a[ss + 1] == 116)  # stream
+    vs, ve = st[r, 20 + sh], en[r, 20 + sh]
+    # The stream value ends the line (RCCL adds fields: those take the Python path), and
+    # every token lies inside the line (a record cut short would borrow the next line's).
+    ok &= inside[r, 20 + sh] & ~inside[r, 21 + sh] & (ve > vs)
+    opc, o1 = parse_hex(a, words, st[:, 4], en[:, 4])
+    count, o2 = parse_decimal(a, words, st[:, 10], en[:, 10])
+    dt, o3 = parse_decimal(a, words, st[:, 12], en[:, 12])
+    redop, o4 = parse_decimal(a, words, st[:, 14], en[:, 14])
+    neg = a[st[:, 16]] == 45
+    root, o5 = parse_decimal(a, words, st[:, 16] + neg, en[:, 16])
+    nranks, o6 = parse_decimal(a, words, st[:, 19] + 8, en[:, 19] - 1)
+    ok &= o1 & o2 & o3 & o4 & o5 & (o6 | ~has_n) & (dt < len(DTYPES)) & (redop <= 4)
+    return dict(op_count=opc[ok], count=count[ok], dtype_code=dt[ok], redop=redop[ok],
+                root=np.where(neg, -root, root)[ok], nranks=np.where(has_n, nranks, -1)[ok],
+                sb_s=st[ok, 6], sb_e=en[ok, 6], rb_s=st[ok, 8], rb_e=en[ok, 8],
+                cm_s=st[ok, 18], cm_e=en[ok, 18], st_s=vs[ok], st_e=ve[ok]), ok
+
+
+def tuning_fields(a, words, k, le, sp):
+    """Fields of clean `<Coll>: <n> Bytes -> Algo A proto P [channel{Lo..Hi}={l..h}|time t]`
+    (tokens 3..10 from the marker). Returns as `coll_fields` does."""
+    st, en, inside = _windows(sp, k, le, 11)
+    nbytes, ok = parse_decimal(a, words, st[:, 3], en[:, 3])
+    ok &= _labels(a, st, en, [5, 6, 8], [b"->", b"Algo", b"proto"]) & inside[:, 9]
+    ok &= (en[:, 7] > st[:, 7]) & (en[:, 9] > st[:, 9])
+    # Numeric ids (older versions) take the Python path, which maps them to names.
+    ok &= (a[st[:, 7]] > 57) & (a[st[:, 9]] > 57)
+    cs, ce = st[:, 10], en[:, 10]
+    has_ch = inside[:, 10] & (ce - cs > 21) & (a[cs] == 99) & (a[cs + 7] == 123) & \
+        (a[cs + 15] == 61) & (a[cs + 16] == 123)
+    # `={lo..hi}`: lo ends at the first '.', hi at the closing brace.
+    width = np.zeros(len(k), np.int64)
+    searching = has_ch.copy()
+    for j in range(8):
+        hit = searching & (a[cs + 17 + j] == 46)
+        width[hit] = j
+        searching &= ~hit
+    lo, ok_l = parse_decimal(a, words, cs + 17, cs + 17 + width)
+    hi, ok_h = parse_decimal(a, words, cs + 19 + width, ce - 1)
+    has_ch &= ok_l & ok_h & ~searching & (a[np.maximum(ce - 1, 0)] == 125)
+    # Anything else after proto (`time t`, extra fields) keeps the record, without channels.
+    return dict(nbytes=nbytes[ok], channels=np.where(has_ch, hi - lo + 1, -1)[ok],
+                al_s=st[ok, 7], al_e=en[ok, 7], pr_s=st[ok, 9], pr_e=en[ok, 9]), ok

@@ -1,31 +1,36 @@
-"""Vectorised NCCL log scanner: numpy over raw byte blocks, no Python work per clean line.
+"""Vectorised NCCL log scanner: raw byte blocks, no Python work per clean line.
 
-A block of complete lines is scanned as one byte array. Space and newline positions are found
-once; every `NCCL INFO`/`NCCL WARN` marker is a space followed by those bytes, and every field of
-a clean COLL or TUNING record is the k-th space-separated token after its marker, so fields are
-located, checked (labels, digits) and converted with array operations. The `host:pid:tid [dev]`
-prefixes repeat (one per thread), so they are dictionary-encoded and only the distinct ones are
-parsed. What does not
-pass those checks (several records on one line, torn or wrapped records, init and topology lines,
-WARN lines, unusual prefixes) is handed back as line indices for the Python record parser; that
-is a small minority in any real log. Lines without a marker are classified (blank, `#`, an
-nccl-tests table row, or not recognised) with one RE2 pass over just those lines.
+A block of complete lines is scanned as one byte array by a kernel: every `NCCL INFO`/`NCCL WARN`
+marker is a space followed by those bytes, and every field of a clean COLL or TUNING record is
+the k-th space-separated token after its marker, so fields are located, checked (labels,
+digits) and converted without a regex. Two kernels apply the same rules: the compiled one
+(profiler/_cscan.c: one pass, GIL released) when it is built, else numpy (`_numpy_kernel`, with
+`_nccl_numbers`), the reference a test holds the compiled one to, output for output.
+COMMSCOPE_NO_NATIVE=1 forces numpy. The rest is shared: the `host:pid:tid [dev]` prefixes
+repeat (one per thread), so they are dictionary-encoded and only the distinct ones are parsed;
+what does not pass the checks (several records on one line, torn or wrapped records, init and
+topology lines, WARN lines, unusual prefixes) is handed back as line indices for the Python
+record parser, a small minority in any real log; lines without a marker are classified (blank,
+`#`, an nccl-tests table row, or not recognised) with one RE2 pass over just those lines.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ._nccl_formats import DTYPES, OP_NAMES
-from ._nccl_numbers import parse_decimal, parse_hex, word_view
+from ._native import native
+from ._nccl_formats import OP_NAMES
+from ._nccl_numbers import coll_fields, tuning_fields, word_view
 from ._nccl_records import _TOPOLOGY_KINDS
 
-__all__ = ["BlockScan", "scan_block", "PAD_BYTES", "ragged_strings", "NCCL_OPS", "PLAIN_KINDS"]
+__all__ = ["BlockScan", "scan_block", "KERNEL", "PAD_BYTES", "ragged_strings", "gather_strings",
+           "NCCL_OPS", "PLAIN_KINDS"]
 
 #: Kinds of lines without an NCCL record (codes of `BlockScan.plain_kind`).
 PLAIN_KINDS = ("blank", "comment", "table_row", "not_recognised")
@@ -41,6 +46,10 @@ _TABLE_ROW_RE = rf"^\s*{_NUM}(?:\s+(?:{_NUM}|N/A|[A-Za-z]\w*))*\s*$"
 _PAD = 64  # bytes of padding so fixed-offset reads never leave the array
 _SENTINELS = 24
 PAD_BYTES = b" " * _SENTINELS + b"\0" * (_PAD - _SENTINELS)
+# The compiled kernel (profiler/_cscan.c), or None: not built, or COMMSCOPE_NO_NATIVE=1.
+_CSCAN = native("_cscan")
+#: Which kernel `scan_block` uses by default.
+KERNEL = "native" if _CSCAN is not None else "numpy"
 
 
 @dataclass
@@ -50,8 +59,9 @@ class BlockScan:
     colls: dict          # column name -> array, one row per clean COLL record
     tunings: dict        # column name -> array, one row per clean TUNING record
     python_lines: np.ndarray  # lines for the Python record parser (damaged/rare)
-    line_start: np.ndarray    # byte offset of each line in the block
-    line_end: np.ndarray      # byte offset of each line's end (before "\r\n" / "\n")
+    bounds: dict         # line -> (start, end) byte offsets (end before "\r\n" / "\n") of the
+                         # lines the caller reads: 0, the Python lines and the ones after
+                         # them, and the lines not recognised (samples)
     other_nccl: int      # clean INFO lines of no table (proxy, alloc, RAS chatter ...)
     plain_lines: np.ndarray   # lines without an NCCL marker ...
     plain_kind: np.ndarray    # ... and their kind: PLAIN_KINDS[code]
@@ -62,11 +72,14 @@ def ragged_strings(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Arra
     """Arrow strings a[start[i]:end[i]] gathered into one buffer (no Python per string).
 
     The spans must be in order and apart (what every caller has: one field per record,
-    records in log order, one record per line). They are cut out of the block's own buffer:
-    it is viewed as strings [gap, span, gap, span, ...] and Arrow's take copies the spans."""
+    records in log order, one record per line). The compiled kernel copies them in one loop;
+    without it they are cut out of the block's own buffer: it is viewed as strings
+    [gap, span, gap, span, ...] and Arrow's take copies the spans."""
     n = len(start)
     if not (bool((end >= start).all()) and bool((start[1:] >= end[:-1]).all())):
         raise ValueError("ragged_strings: spans out of order or overlapping")
+    if _CSCAN is not None:
+        return gather_strings(a, start, end)
     offs = np.empty(2 * n + 1, np.int64)
     offs[0] = 0
     offs[1::2] = start
@@ -75,19 +88,13 @@ def ragged_strings(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Arra
     return every.take(pa.array(np.arange(1, 2 * n, 2)))
 
 
-def _windows(sp: np.ndarray, k: np.ndarray, le: np.ndarray, n: int):
-    """Token bounds for records whose marker space is sp[k]: token i (0 = "NCCL") is
-    [start[:, i], end[:, i]); `inside[:, i]` says it begins inside the record's line."""
-    win = sp[k[:, None] + np.arange(n + 1)]
-    return win[:, :-1] + 1, np.minimum(win[:, 1:], le[:, None]), win[:, :-1] < le[:, None]
-
-
-def _labels(a, start, end, cols, words) -> np.ndarray:
-    """Tokens `cols` equal `words` (length and first byte compared)."""
-    s, e = start[:, cols], end[:, cols]
-    ok = ((e - s) == np.array([len(w) for w in words])).all(axis=1)
-    ok &= (a[s] == np.array([w[0] for w in words], np.uint8)).all(axis=1)
-    return ok
+def gather_strings(buf, start: np.ndarray, end: np.ndarray, valid: np.ndarray | None = None):
+    """Arrow large strings buf[start[i]:end[i]] (any order, repeats allowed) by the compiled
+    kernel's copy loop; null where `valid` is False. Requires the kernel (`KERNEL`)."""
+    offs, data = _CSCAN.gather(buf, np.ascontiguousarray(start, np.int64),
+                               np.ascontiguousarray(end, np.int64), pa.allocate_buffer)
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.LargeStringArray.from_buffers(len(start), offs, data, bitmap)
 
 
 def _strings(a: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]]) -> list[pa.Array]:
@@ -95,9 +102,70 @@ def _strings(a: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]]) -> list
     return [ragged_strings(a, s, e) for s, e in bounds]
 
 
-def scan_block(block: bytes | bytearray) -> BlockScan:
-    """Scan a block of complete lines (each ending in `\\n`) followed by PAD_BYTES (the
-    padding lets fixed-offset reads run past the lines without a copy of the block)."""
+@dataclass
+class _Kernel:
+    """What a kernel (numpy's or the compiled one) finds in a block; the rest of the scan
+    (prefixes, strings, chatter and plain lines) is shared. Line indices are block-relative.
+
+    `rec`: every COLL/TUNING candidate record in log order (span_s/span_e: the prefix text
+    before its marker, tok_s: where the prefix token may begin, ls: its line's start, line).
+    `coll`/`tun`: the records whose fields passed every check, `pos` indexing `rec`, string
+    fields as byte spans (*_s, *_e). `python`: lines for the record parser (unsorted)."""
+
+    l_start: np.ndarray
+    l_end: np.ndarray
+    plain: np.ndarray
+    python: np.ndarray
+    chatter: np.ndarray
+    rec: dict
+    coll: dict
+    tun: dict
+
+
+_REC = ("span_s", "span_e", "tok_s", "ls", "line")
+_COLL = ("pos", "op_code", "op_count", "count", "dtype_code", "redop", "root", "nranks",
+         "sb_s", "sb_e", "rb_s", "rb_e", "cm_s", "cm_e", "st_s", "st_e")
+_TUN = ("pos", "op_code", "nbytes", "channels", "al_s", "al_e", "pr_s", "pr_e")
+_OP_BYTES = tuple(s.encode() for s in NCCL_OPS.to_pylist())
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(nbytes: int) -> pa.Buffer:
+    """This thread's buffer for the compiled kernel's tables, reused block after block (fresh
+    memory costs more than the scan itself); what outlives `scan_block` is copied out."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _SCRATCH.buf = pa.allocate_buffer((nbytes + nbytes // 4) // 8 * 8 + 8)
+    return buf
+
+
+def _native_kernel(block: bytes | bytearray) -> _Kernel:
+    """The compiled kernel (`_cscan.scan`): its int64 tables viewed as numpy columns (views of
+    this thread's scratch buffer: valid until the thread's next call)."""
+    n_lines, n_mk, counts, tables = _CSCAN.scan(block, _OP_BYTES, _scratch)
+    n_plain, n_py, n_chat, n_rec, n_coll, n_tun = counts
+    words = 5 * n_lines + (len(_REC) + len(_COLL) + len(_TUN)) * n_mk
+    flat = np.frombuffer(tables, np.int64, words)
+    at = 0
+
+    def cut(rows: int, cols: int) -> np.ndarray:
+        nonlocal at
+        at += rows * cols
+        return flat[at - rows * cols:at].reshape(cols, rows)
+
+    def cols(names, n):
+        m = cut(n_mk, len(names))
+        return {name: m[i, :n] for i, name in enumerate(names)}
+
+    ln, ls = cut(n_lines, 2), cut(n_lines, 3)
+    return _Kernel(ln[0], ln[1], ls[0, :n_plain], ls[1, :n_py], ls[2, :n_chat],
+                   cols(_REC, n_rec), cols(_COLL, n_coll), cols(_TUN, n_tun))
+
+
+def _numpy_kernel(block: bytes | bytearray) -> _Kernel:
+    """The kernel in numpy (the fallback, and the reference the compiled one must equal)."""
     a, size = np.frombuffer(block, np.uint8), len(block) - _PAD
     nl = np.flatnonzero(a[:size] == 10)
     n_lines = len(nl)
@@ -108,11 +176,6 @@ def scan_block(block: bytes | bytearray) -> BlockScan:
     # The padding starts with 24 spaces: sentinels, so token reads past the block's last space
     # land at or after the block end (outside every line) without a copy of `sp`.
     sp = np.flatnonzero(a[:size + _SENTINELS] == 32)
-    # Every line as Arrow strings over the block's own bytes (no copy), for the RE2 passes.
-    offs = np.empty(n_lines + 1, np.int64)
-    offs[:-1] = l_start
-    offs[-1] = size
-    whole = pa.LargeStringArray.from_buffers(n_lines, pa.py_buffer(offs), pa.py_buffer(block))
 
     # Markers: " NCCL INFO " / " NCCL WARN ".
     k = np.flatnonzero(a[sp[:-_SENTINELS] + 1] == 78)
@@ -133,7 +196,7 @@ def scan_block(block: bytes | bytearray) -> BlockScan:
     to_python = [np.flatnonzero(per_line > 1), bare]
     to_python.append(m_line[single & ~info])  # WARN lines: few, kept whole by the parser
     sel = single & info
-    k, m, m_line = k[sel], m[sel], m_line[sel]
+    k, m_line = k[sel], m_line[sel]
     le = l_end[m_line]
 
     # Kind: `<Coll>: opCount ...` (COLL), `<Coll>: <n> Bytes -> Algo ...` (TUNING), else detail
@@ -153,30 +216,55 @@ def scan_block(block: bytes | bytearray) -> BlockScan:
     s4 = sp[k + 4] + 1
     is_tun = is_op & ~is_coll & (a[s4] == 66) & (a[s4 + 4] == 115) & (sp[k + 5] - s4 == 5)
     words = word_view(a)
-    # The prefixes of both kinds of record in one pass (in log order), then split.
     rec = np.flatnonzero(is_coll | is_tun)
-    pre = _prefix(a, sp, k[rec], l_start[m_line[rec]])
+    ls = l_start[m_line[rec]]
+    span_s, tok_s = _prefix_spans(sp, k[rec], ls)
     is_c = is_coll[rec]
-    colls, c_ok = _colls(a, words, rec[is_c], k, le, sp, op_code, pre, np.flatnonzero(is_c))
-    tun, t_ok = _tunings(a, words, rec[~is_c], k, le, sp, op_code, pre, np.flatnonzero(~is_c))
+    coll, c_ok = coll_fields(a, words, k[rec[is_c]], le[rec[is_c]], sp)
+    tun, t_ok = tuning_fields(a, words, k[rec[~is_c]], le[rec[~is_c]], sp)
+    coll["pos"], tun["pos"] = np.flatnonzero(is_c)[c_ok], np.flatnonzero(~is_c)[t_ok]
+    coll["op_code"], tun["op_code"] = op_code[rec[coll["pos"]]], op_code[rec[tun["pos"]]]
     # A collective name that did not parse: torn or wrapped (the Python parser joins lines).
     bad = is_op.copy()
-    bad[c_ok] = False
-    bad[t_ok] = False
+    bad[rec[coll["pos"]]] = False
+    bad[rec[tun["pos"]]] = False
     to_python.append(m_line[bad])
-    colls["line"], tun["line"] = m_line[c_ok], m_line[t_ok]
-    rest = ~is_op
-    detail = np.zeros(rest.sum(), bool)
+    return _Kernel(l_start, l_end, np.flatnonzero(per_line == 0), np.concatenate(to_python),
+                   m_line[~is_op], dict(span_s=span_s, span_e=sp[k[rec]], tok_s=tok_s, ls=ls,
+                                       line=m_line[rec]), coll, tun)
+
+
+def scan_block(block: bytes | bytearray) -> BlockScan:
+    """Scan a block of complete lines (each ending in `\\n`) followed by PAD_BYTES (the
+    padding lets fixed-offset reads run past the lines without a copy of the block)."""
+    kern = _native_kernel(block) if _CSCAN is not None else _numpy_kernel(block)
+    a, size = np.frombuffer(block, np.uint8), len(block) - _PAD
+    n_lines = len(kern.l_start)
+    # Every line as Arrow strings over the block's own bytes (no copy), for the RE2 passes.
+    offs = np.empty(n_lines + 1, np.int64)
+    offs[:-1] = kern.l_start
+    offs[-1] = size
+    whole = pa.LargeStringArray.from_buffers(n_lines, pa.py_buffer(offs), pa.py_buffer(block))
+    r = kern.rec
+    pre = _prefix(a, r["span_s"], r["span_e"], r["tok_s"], r["ls"])
+    to_python = [kern.python]
+    colls = _keep(a, kern.coll, pre, r["line"], to_python, dict(
+        sendbuff=("sb_s", "sb_e"), recvbuff=("rb_s", "rb_e"), comm=("cm_s", "cm_e"),
+        stream=("st_s", "st_e")))
+    tun = _keep(a, kern.tun, pre, r["line"], to_python, dict(algo=("al_s", "al_e"),
+                                                             proto=("pr_s", "pr_e")))
+    chatter = kern.chatter
+    detail = np.zeros(len(chatter), bool)
     if detail.size:
         # Chatter repeats (one text per thread and message): the regex sees each text once.
-        enc = pc.dictionary_encode(whole.take(pa.array(m_line[rest])))
+        enc = pc.dictionary_encode(whole.take(pa.array(chatter)))
         per_text = pc.match_substring_regex(enc.dictionary, _DETAIL_RE).to_numpy(
             zero_copy_only=False)
         detail = per_text[enc.indices.to_numpy(zero_copy_only=False)]
-    to_python.append(m_line[rest][detail])
+    to_python.append(chatter[detail])
 
     # Lines without any marker.
-    plain = np.flatnonzero(per_line == 0)
+    plain = kern.plain
     kind = np.full(len(plain), 3, np.int8)
     if plain.size:
         stripped = pc.utf8_trim_whitespace(whole.take(pa.array(plain)))
@@ -185,22 +273,50 @@ def scan_block(block: bytes | bytearray) -> BlockScan:
         kind[pc.starts_with(stripped, "#").to_numpy(zero_copy_only=False)] = 1
         kind[pc.equal(pc.binary_length(stripped), 0).to_numpy(zero_copy_only=False)] = 0
     py = np.unique(np.concatenate(to_python))
-    return BlockScan(colls, tun, py, l_start, l_end, int(rest.sum() - detail.sum()), plain,
+    read = np.unique(np.concatenate([[0], py, py + 1, plain[kind == 3]]))
+    read = read[read < n_lines]
+    bounds = dict(zip(read.tolist(), zip(kern.l_start[read].tolist(),
+                                         kern.l_end[read].tolist())))
+    # plain: a copy, as the compiled kernel's tables are reused for this thread's next block.
+    return BlockScan(colls, tun, py, bounds, int(len(chatter) - detail.sum()), plain.copy(),
                      kind, n_lines)
+
+
+def _keep(a, rows: dict, pre: tuple, rec_line: np.ndarray, to_python: list,
+          strings: dict) -> dict:
+    """A kernel's checked records whose prefix parsed too, as the block's columns (copies:
+    nothing keeps the kernel's tables alive); the others go to the Python parser."""
+    pre_ok, host, pid, tid, dev, at_start = pre
+    pos = rows["pos"]
+    f = pre_ok[pos]
+    to_python.append(rec_line[pos[~f]])
+    p = pos[f]
+    skip = {"pos", *(x for span in strings.values() for x in span)}
+    out = {k: v[f] for k, v in rows.items() if k not in skip}
+    out.update(zip(strings, _strings(a, [(rows[s][f], rows[e][f]) for s, e in strings.values()])))
+    out.update(pid=pid[p], tid=tid[p], device=dev[p], host=host.take(pa.array(p)),
+               host_at_start=at_start[p], line=rec_line[p])
+    return out
 
 
 _PREFIX_TOKEN_RE = re.compile(r"([^\s:\[\]]+):(\d+):(\d+) \[(\d+)\]\Z")
 
 
-def _prefix(a, sp, k, ls):
-    """`host:pid:tid [dev]` before the marker sp[k] (a launcher's tag or a torn record's tail
-    may be glued in front of the host). A log has few distinct prefixes (one per thread), so
-    the prefix text is dictionary-encoded and only the distinct values are parsed.
-    Returns (ok, host, pid, tid, dev, host at line start)."""
+def _prefix_spans(sp: np.ndarray, k: np.ndarray, ls: np.ndarray):
+    """Where the prefix text before the marker sp[k] begins: the two tokens before it within
+    the line (empty when the marker has no space before it in its line). Returns (span start,
+    where its first token begins)."""
     km1, km2 = sp[np.maximum(k - 1, 0)], sp[np.maximum(k - 2, 0)]
     tok_s = np.where((k >= 2) & (km2 >= ls), km2 + 1, ls)
-    span = ragged_strings(a, np.where((k >= 1) & (km1 >= ls), tok_s, sp[k]), sp[k])
-    enc = pc.dictionary_encode(span)
+    return np.where((k >= 1) & (km1 >= ls), tok_s, sp[k]), tok_s
+
+
+def _prefix(a, span_s, span_e, tok_s, ls):
+    """`host:pid:tid [dev]` in a[span_s:span_e] before each record's marker (a launcher's tag
+    or a torn record's tail may be glued in front of the host). A log has few distinct
+    prefixes (one per thread), so the prefix text is dictionary-encoded and only the distinct
+    values are parsed. Returns (ok, host, pid, tid, dev, host at line start)."""
+    enc = pc.dictionary_encode(ragged_strings(a, span_s, span_e))
     parsed = [_PREFIX_TOKEN_RE.search(v) for v in enc.dictionary.to_pylist()]
     ok_u = np.array([m is not None for m in parsed] + [False])
     nums = np.array([(int(m.group(2)), int(m.group(3)), int(m.group(4)), m.start())
@@ -211,13 +327,6 @@ def _prefix(a, sp, k, ls):
     pid, tid, dev, off = nums[idx].T
     host = pa.DictionaryArray.from_arrays(enc.indices, hosts)  # rows are not materialized
     return ok, host, pid, tid, dev, _blank_before(a, ls, tok_s + off)
-
-
-def _rows_of(pre: tuple, pos: np.ndarray) -> tuple:
-    """`_prefix`'s numpy columns at positions `pos` (the host's dictionary array is left
-    whole: the caller takes the rows it keeps)."""
-    ok, host, pid, tid, dev, at_start = pre
-    return ok[pos], host, pid[pos], tid[pos], dev[pos], at_start[pos]
 
 
 def _blank_before(a: np.ndarray, ls: np.ndarray, host_s: np.ndarray) -> np.ndarray:
@@ -233,76 +342,3 @@ def _blank_before(a: np.ndarray, ls: np.ndarray, host_s: np.ndarray) -> np.ndarr
         rest = np.setdiff1d(rest, live[bad], assume_unique=True)
     out[rest] = True
     return out
-
-
-def _colls(a, words, idx, k, le, sp, op_code, pre, pos):
-    """Fields of clean COLL records: tokens 3.. are `opCount X sendbuff X recvbuff X count N
-    datatype N op N root N comm X [nranks=N] stream X` (`[nranks=N]` since 2.x).
-    `pre`: `_prefix` of these and other records, these at positions `pos`."""
-    kk, lee = k[idx], le[idx]
-    st, en, inside = _windows(sp, kk, lee, 23)
-    ok = _labels(a, st, en, [5, 7, 9, 11, 13, 15, 17],
-                 [b"sendbuff", b"recvbuff", b"count", b"datatype", b"op", b"root", b"comm"])
-    has_n = (en[:, 19] - st[:, 19] > 9) & (a[st[:, 19]] == 91) & (a[st[:, 19] + 1] == 110) & \
-        (a[st[:, 19] + 7] == 61) & (a[np.maximum(en[:, 19] - 1, 0)] == 93)
-    r = np.arange(len(idx))
-    sh = has_n.astype(np.int64)
-    ss, se = st[r, 19 + sh], en[r, 19 + sh]
-    ok &= (se - ss == 6) & (a[ss] == 115) & (a[ss + 1] == 116)  # stream
-    vs, ve = st[r, 20 + sh], en[r, 20 + sh]
-    # The stream value ends the line (RCCL adds fields: those take the Python path), and
-    # every token lies inside the line (a record cut short would borrow the next line's).
-    ok &= inside[r, 20 + sh] & ~inside[r, 21 + sh] & (ve > vs)
-    opc, o1 = parse_hex(a, words, st[:, 4], en[:, 4])
-    count, o2 = parse_decimal(a, words, st[:, 10], en[:, 10])
-    dt, o3 = parse_decimal(a, words, st[:, 12], en[:, 12])
-    redop, o4 = parse_decimal(a, words, st[:, 14], en[:, 14])
-    neg = a[st[:, 16]] == 45
-    root, o5 = parse_decimal(a, words, st[:, 16] + neg, en[:, 16])
-    nranks, o6 = parse_decimal(a, words, st[:, 19] + 8, en[:, 19] - 1)
-    ok &= o1 & o2 & o3 & o4 & o5 & (o6 | ~has_n) & (dt < len(DTYPES)) & (redop <= 4)
-    pre_ok, host, pid, tid, dev, at_start = _rows_of(pre, pos)
-    f = ok & pre_ok
-    good = idx[f]
-    host = host.take(pa.array(pos[f]))
-    sendbuff, recvbuff, comm, stream = _strings(a, [
-        (st[f, 6], en[f, 6]), (st[f, 8], en[f, 8]), (st[f, 18], en[f, 18]), (vs[f], ve[f])])
-    return dict(op_code=op_code[good], op_count=opc[f], count=count[f], dtype_code=dt[f],
-                redop=redop[f], root=np.where(neg, -root, root)[f],
-                nranks=np.where(has_n, nranks, -1)[f], sendbuff=sendbuff, recvbuff=recvbuff,
-                comm=comm, stream=stream, pid=pid[f], tid=tid[f], device=dev[f], host=host,
-                host_at_start=at_start[f]), good
-
-
-def _tunings(a, words, idx, k, le, sp, op_code, pre, pos):
-    """Fields of clean `<Coll>: <n> Bytes -> Algo A proto P [channel{Lo..Hi}={l..h}|time t]`
-    (tokens 3..10 from the marker). `pre`, `pos`: as for `_colls`."""
-    kk, lee = k[idx], le[idx]
-    st, en, inside = _windows(sp, kk, lee, 11)
-    nbytes, ok = parse_decimal(a, words, st[:, 3], en[:, 3])
-    ok &= _labels(a, st, en, [5, 6, 8], [b"->", b"Algo", b"proto"]) & inside[:, 9]
-    ok &= (en[:, 7] > st[:, 7]) & (en[:, 9] > st[:, 9])
-    # Numeric ids (older versions) take the Python path, which maps them to names.
-    ok &= (a[st[:, 7]] > 57) & (a[st[:, 9]] > 57)
-    cs, ce = st[:, 10], en[:, 10]
-    has_ch = inside[:, 10] & (ce - cs > 21) & (a[cs] == 99) & (a[cs + 7] == 123) & \
-        (a[cs + 15] == 61) & (a[cs + 16] == 123)
-    # `={lo..hi}`: lo ends at the first '.', hi at the closing brace.
-    width = np.zeros(len(idx), np.int64)
-    searching = has_ch.copy()
-    for j in range(8):
-        hit = searching & (a[cs + 17 + j] == 46)
-        width[hit] = j
-        searching &= ~hit
-    lo, ok_l = parse_decimal(a, words, cs + 17, cs + 17 + width)
-    hi, ok_h = parse_decimal(a, words, cs + 19 + width, ce - 1)
-    has_ch &= ok_l & ok_h & ~searching & (a[np.maximum(ce - 1, 0)] == 125)
-    # Anything else after proto (`time t`, extra fields) keeps the record, without channels.
-    pre_ok, host, pid, tid, dev, at_start = _rows_of(pre, pos)
-    f = ok & pre_ok
-    good = idx[f]
-    host = host.take(pa.array(pos[f]))
-    algo, proto = _strings(a, [(st[f, 7], en[f, 7]), (st[f, 9], en[f, 9])])
-    return dict(op_code=op_code[good], nbytes=nbytes[f], algo=algo, proto=proto,
-                channels=np.where(has_ch, hi - lo + 1, -1)[f], pid=pid[f], tid=tid[f],
-                device=dev[f], host=host, host_at_start=at_start[f]), good

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import _nccl_scan
 from ._nccl_formats import DTYPES, GATHER_LIKE, OP_NAMES, REDOPS
 from ._nccl_records import clean_host
 from ._nccl_scan import NCCL_OPS
@@ -32,8 +33,10 @@ INIT_COLUMNS = ["host", "pid", "tid", "device", "comm", "rank", "nranks", "cuda_
 TOPO_COLUMNS = ["host", "pid", "tid", "device", "comm", "kind", "channel", "transport", "value",
                 "source", "line"]
 _TORCH_OPS = pa.array([OP_NAMES[n] for n in NCCL_OPS.to_pylist()])
-_ROOTED = pa.array(["broadcast", "reduce", "gather", "scatter"])
-_P2P = pa.array(["send", "recv"])
+# Per `nccl_op` code: rooted ops (their root is `root`) and point-to-point ops (it is `peer`).
+_ROOTED = np.isin(_TORCH_OPS.to_numpy(zero_copy_only=False), ["broadcast", "reduce", "gather",
+                                                              "scatter"])
+_P2P = np.isin(_TORCH_OPS.to_numpy(zero_copy_only=False), ["send", "recv"])
 _STR_DTYPE = pa.table({"s": pa.array([], pa.large_string())}).to_pandas()["s"].dtype  # pandas' str
 # `nccl_op` codes of the gather-like ops (see GATHER_LIKE).
 _GATHER_CODES = np.flatnonzero(np.isin(_TORCH_OPS.to_numpy(zero_copy_only=False),
@@ -60,6 +63,10 @@ def _columns(fast: list[dict], rows: list[tuple], names: list[str], convert: dic
         elif name in _STR:
             out[name] = pa.concat_arrays([_large(p[name]) for p in fast] +
                                          [pa.array(py, pa.large_string())])
+        elif fast and np.isscalar(fast[0][name]):  # one value per block (file_idx, sub)
+            out[name] = np.concatenate([np.repeat(np.array([p[name] for p in fast], np.int64),
+                                                  [len(p["line"]) for p in fast]),
+                                        np.asarray(py, np.int64).reshape(-1)])
         else:
             out[name] = np.concatenate([np.asarray(p[name], np.int64) for p in fast] +
                                        [np.asarray(py, np.int64).reshape(-1)])
@@ -116,7 +123,8 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any, files
                "root", "comm", "nranks", "stream", "host", "pid", "tid", "device", "file_idx",
                "line", "sub"]
     op_codes = lambda v: _op_codes(v).tolist()  # noqa: E731
-    c = _columns(fast_c, parser.coll_rows(), c_names, {
+    c_rows = parser.coll_rows()
+    c = _columns(fast_c, c_rows, c_names, {
         "op_code": op_codes, "op_count": lambda v: [int(x, 16) for x in v], "count": _ints,
         "dtype_code": _ints, "redop": _ints, "root": _ints, "nranks": _ints, "pid": _ints,
         "tid": _ints, "device": _ints})
@@ -136,6 +144,9 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any, files
     # Log order: file, line, record within the line.
     c_order = (c["file_idx"] << 40) | (c["line"] << 8) | c["sub"]
     t_order = (t["file_idx"] << 40) | (t["line"] << 8) | t["sub"]
+    c_code = host_code[:n_c]
+    if (np.diff(c_order) < 0).any():  # records of the Python path come last: merge them in
+        c, c_code, c_order = _log_order(c, c_code, c_order, n_c - len(c_rows))
     dt = c["dtype_code"]
     esize_lut = np.full(max(int(dt.max(initial=0)) + 1, len(DTYPES)), -1, np.int64)
     for code, (_, size) in DTYPES.items():
@@ -147,32 +158,24 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any, files
     b2 = np.where((esize > 0) & (c["nranks"] > 1) & gather, b1 * c["nranks"], -1)
     comm = pc.dictionary_encode(c["comm"], null_encoding="encode")
     with ThreadPoolExecutor(1) as pool:
-        # The tuning join (sorts, numpy: no GIL) runs beside the reordering, the other
-        # columns and the ranks; it needs no log order of the collectives (only positions).
-        fut = pool.submit(attach_tuning, _thread(host_code[:n_c], c["pid"], c["tid"]), c_order,
+        # The tuning join (compiled or numpy: no GIL) runs beside the other columns and the
+        # ranks.
+        fut = pool.submit(attach_tuning, _thread(c_code, c["pid"], c["tid"]), c_order,
                           c["op_code"], b1, b2,
                           comm.indices.to_numpy(zero_copy_only=False).astype(np.int64),
                           _thread(host_code[n_c:], t["pid"], t["tid"]), t_order, t["op_code"],
                           t["nbytes"])
-        c_code, perm = host_code[:n_c], None
-        if (np.diff(c_order) < 0).any():  # records of the Python path come last: merge them in
-            perm = np.argsort(c_order, kind="stable")
-            c = {k: (v.take(pa.array(perm)) if isinstance(v, pa.Array) else v[perm])
-                 for k, v in c.items()}
-            c_code, esize, dt = c_code[perm], esize[perm], dt[perm]
-        c["host"] = host_names.take(pa.array(c_code))
-        op = _TORCH_OPS.take(pa.array(c["op_code"]))
-        p2p = pc.is_in(op, value_set=_P2P).to_numpy(zero_copy_only=False)
-        rooted = pc.is_in(op, value_set=_ROOTED).to_numpy(zero_copy_only=False)
+        c["host"] = _take(host_names, c_code)
+        op = _take(_TORCH_OPS, c["op_code"])
+        p2p, rooted = _P2P[c["op_code"]], _ROOTED[c["op_code"]]
         dnames = pa.array([DTYPES.get(i, (f"nccl_type_{i}", None))[0]
                            for i in range(len(esize_lut))])
         n_redops = max(int(c["redop"].max(initial=0)) + 1, 5)
         rnames = pa.array([REDOPS.get(i, f"premul_{i}") for i in range(n_redops)])
-        redop = pc.if_else(pa.array(p2p), pa.scalar(None, pa.string()),
-                           rnames.take(pa.array(c["redop"])))
+        redop = _take(rnames, c["redop"], ~p2p)
         cols = {
-            "op": op, "nccl_op": NCCL_OPS.take(pa.array(c["op_code"])),
-            "op_count": c["op_count"], "count": c["count"], "dtype": dnames.take(pa.array(dt)),
+            "op": op, "nccl_op": _take(NCCL_OPS, c["op_code"]),
+            "op_count": c["op_count"], "count": c["count"], "dtype": _take(dnames, dt),
             "elem_bytes": _masked(esize, esize < 0), "redop": redop,
             "root": _masked(c["root"], ~rooted), "peer": _masked(c["root"].copy(), ~p2p),
             "comm": c["comm"], "nranks": _masked(c["nranks"], c["nranks"] < 0),
@@ -180,30 +183,66 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any, files
             "host": c["host"], "pid": _masked(c["pid"], c["pid"] < 0),
             "tid": _masked(c["tid"], c["tid"] < 0),
             "device": _masked(c["device"], c["device"] < 0),
-            "source": pa.array(files, pa.large_string()).take(pa.array(c["file_idx"])),
+            "source": _take(pa.array(files, pa.large_string()), c["file_idx"]),
             "line": c["line"],
         }
         comms = comms_of()
         comm_codes = comm.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         df = join_ranks(_pandas(cols), comms, {
             "host": (c_code, host_names.to_pylist()),
-            "comm": (comm_codes if perm is None else comm_codes[perm], comm.dictionary.to_pylist()),
-            "gather": gather if perm is None else gather[perm]})
+            "comm": (comm_codes, comm.dictionary.to_pylist()), "gather": gather,
+            "count_elem": (c["count"], esize, esize < 0)})
         tix = fut.result()
-    if perm is not None:
-        tix = tix[perm]
     tuned = tix >= 0
-    take = pa.array(np.where(tuned, tix, 0), mask=~tuned)
+    at_t = np.where(tuned, tix, 0)
     if n_t == 0:  # nothing to take from: all null
         t = {"algo": pa.nulls(1, pa.large_string()), "proto": pa.nulls(1, pa.large_string()),
              "channels": np.full(1, -1)}
-    chans = t["channels"][np.where(tuned, tix, 0)]
-    tuning = _pandas({"algo": t["algo"].take(take), "proto": t["proto"].take(take),
+    chans = t["channels"][at_t]
+    tuning = _pandas({"algo": _take(t["algo"], at_t, tuned),
+                      "proto": _take(t["proto"], at_t, tuned),
                       "channels": _masked(chans, ~tuned | (chans < 0))})
     at = COLL_COLUMNS.index("algo")
     for i, name in enumerate(tuning.columns):
         df.insert(at + i, name, tuning[name])
     return df, comms
+
+
+def _log_order(c: dict, code: np.ndarray, order: np.ndarray, n_fast: int) -> tuple:
+    """The collectives (`c`, host codes, orders) in log order: the Python path's records (the
+    last rows) merged in among the scanner's. Both runs are in log order (blocks and lines are
+    read in order), so the compiled kernel merges the number columns in place (no new arrays,
+    whose fresh pages cost more than the copy); else, and for strings, one take per column."""
+    perm = np.argsort(order, kind="stable")
+    cscan, fast, py = _nccl_scan._CSCAN, order[:n_fast], order[n_fast:]
+    ins = None
+    if cscan is not None and bool((np.diff(fast) > 0).all()) and bool((np.diff(py) > 0).all()):
+        ins = np.searchsorted(fast, py, side="right")  # ties after, as the stable sort does
+
+    def merged(v):
+        if isinstance(v, pa.Array):
+            return _take(v, perm)
+        if ins is None:
+            return v[perm]
+        cscan.merge_tail(v, n_fast, ins)
+        return v
+
+    return {k: merged(v) for k, v in c.items()}, merged(code), merged(order)
+
+
+def _take(arr: pa.Array, idx: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """arr.take(idx), null where `valid` is False. Strings without nulls are copied by the
+    compiled kernel when it is built (Arrow's take costs more per row here)."""
+    cscan = _nccl_scan._CSCAN
+    if cscan is None or arr.null_count or not len(arr) or not (
+            pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return arr.take(pa.array(idx, mask=None if valid is None else ~valid))
+    arr = arr.cast(pa.large_string())
+    offs = np.frombuffer(arr.buffers()[1], np.int64, len(arr) + 1, 8 * arr.offset)
+    rows = np.ascontiguousarray(idx if valid is None else np.where(valid, idx, -1), np.int64)
+    buffers = cscan.take(offs, arr.buffers()[2] or b"", rows, pa.allocate_buffer)
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.LargeStringArray.from_buffers(len(rows), *buffers, bitmap)
 
 
 def _pandas(cols: dict) -> pd.DataFrame:
@@ -277,7 +316,11 @@ def _codes_of(col: pd.Series, other: pd.Series, as_int: bool,
 
 
 def _cumcount(group: np.ndarray, n_groups: int) -> np.ndarray:
-    """Position of each row within its group, in row order."""
+    """Position of each row within its group, in row order (one counting loop when the
+    compiled kernel is built, else a stable sort by group)."""
+    if _nccl_scan._CSCAN is not None:
+        out = _nccl_scan._CSCAN.cumcount(np.ascontiguousarray(group, np.int64), n_groups)
+        return np.frombuffer(out, np.int64)
     g = group.astype(np.uint16) if n_groups <= (1 << 16) else group
     perm = np.argsort(g, kind="stable")
     sg = group[perm]
@@ -308,7 +351,8 @@ def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict) -> pd.Data
     Joins on (host, pid, comm) with hashed int codes instead of a pandas merge (the
     communicators are few, one row per key as `communicators_table` makes them; the
     collectives are millions). `codes` holds what the caller knows already (may be empty):
-    "host"/"comm" as (codes, distinct values) and "gather" (a bool per row)."""
+    "host"/"comm" as (codes, distinct values), "gather" (a bool per row) and "count_elem"
+    (count, elem_bytes and where elem_bytes is NA, as numpy arrays)."""
     if colls.empty:
         for c in ("rank", "pg_size", "bytes", "nccl_seq"):
             colls[c] = pd.Series(dtype="Int64")
@@ -337,8 +381,13 @@ def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict) -> pd.Data
     gather = codes.get("gather")
     if gather is None:
         gather = colls["op"].isin(GATHER_LIKE).to_numpy()
-    mult = _masked(np.where(gather, pg, 1), gather & pg_na)
-    colls["bytes"] = colls["count"] * colls["elem_bytes"] * pd.Series(mult, index=colls.index)
+    given = codes.get("count_elem")
+    if given is not None:  # numpy on the caller's arrays: what the masked product below gives
+        count, elem, elem_na = given
+        colls["bytes"] = _masked(count * elem * np.where(gather, pg, 1), elem_na | gather & pg_na)
+    else:
+        mult = _masked(np.where(gather, pg, 1), gather & pg_na)
+        colls["bytes"] = colls["count"] * colls["elem_bytes"] * pd.Series(mult, index=colls.index)
     code, uniq = pd.factorize(g)
     colls["nccl_seq"] = _cumcount(code.astype(np.int64, copy=False), len(uniq))
     return colls
