@@ -54,7 +54,12 @@ def _rank(rank: int, world: int, port: int, a: dict, q) -> None:
         # Before any thread starts (gloo's, OpenMP's, the writer): they inherit the mask.
         cpus = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {cpus[rank % len(cpus)]})
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if a["fake"]:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+
+        dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
+    else:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
     # As the demo (and torchrun) run it: each rank gets its share of the cores for intra-op
     # threads. With the default (every core per rank) idle OpenMP threads of one rank spin on
     # the core the other rank needs to answer a collective: generations take ~3x longer and
@@ -118,6 +123,10 @@ def main() -> None:
     ap.add_argument("--pin", action="store_true",
                     help="pin each rank (and its threads) to one core: the OS then never "
                          "moves a rank, which narrows the per-pair spread")
+    ap.add_argument("--fake", action="store_true",
+                    help="rank 0 alone on the fake process group: the same decoder and calls "
+                         "with no communication, so the hook's cost in situ stands out of the "
+                         "noise of two ranks sharing 2 cores")
     ap.add_argument("--flush-interval", type=float, default=2.0,
                     help="the session's flush_interval_s (timed flushes of buffered rows)")
     a = ap.parse_args()
@@ -126,12 +135,19 @@ def main() -> None:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as out:
         args = dict(vars(a), out=out)
-        q = mp.get_context("spawn").SimpleQueue()
-        mp.start_processes(_rank, args=(a.tp * a.pp, port, args, q), nprocs=a.tp * a.pp,
-                           start_method="spawn")
+        if a.fake:
+            import queue
+
+            q = queue.SimpleQueue()
+            _rank(0, a.tp * a.pp, port, args, q)
+        else:
+            q = mp.get_context("spawn").SimpleQueue()
+            mp.start_processes(_rank, args=(a.tp * a.pp, port, args, q), nprocs=a.tp * a.pp,
+                               start_method="spawn")
         r = q.get()
     print(f"TP={a.tp} PP={a.pp}, batch {a.batch}, prompt {a.prompt}, {a.output} tokens, "
-          f"{a.pairs} pairs (ABBA) in one session{', ranks pinned to cores' if a.pin else ''}; "
+          f"{a.pairs} pairs (ABBA) in one session{', ranks pinned to cores' if a.pin else ''}"
+          f"{', rank 0 alone on the fake process group' if a.fake else ''}; "
           f"{r['calls']} calls traced per generation; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     b, t, ratio, (lo, hi) = r["wall"]

@@ -67,6 +67,20 @@ def clean_host(h: Any, known: set[str]) -> Any:
     return best or h
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _fits_int64(m: Any, ctx: tuple) -> bool:
+    """Every number of a COLL or TUNING match and its prefix fits the tables' int64 columns (a
+    damaged line can hold any run of digits). Digit-only fields are decimal; opCount is hex."""
+    d = m.groupdict()
+    op_count = d.get("opcount")
+    if op_count is not None and int(op_count, 16) > _INT64_MAX:
+        return False
+    return all(int(v) <= _INT64_MAX for v in m.groups() if v and v.isdigit()) and \
+        all(v is None or v <= _INT64_MAX for v in ctx[1:])
+
+
 def _int(v: Any) -> int | None:
     return None if v is None else int(v)
 
@@ -182,6 +196,9 @@ class RecordParser:
             m = _STRICT[kind].search(text)
             if not m:
                 return self._torn(kind, text, path, lineno)
+            if not _fits_int64(m, ctx):
+                return self._skip(f"out_of_range:{kind}", f"{kind} record with a number "
+                                  "beyond int64", text, path, lineno)
             rec[kind] += 1
             if kind == "collective":
                 self.colls.append((m, ctx, file_idx, lineno, sub))
@@ -209,11 +226,15 @@ class RecordParser:
         rec["other_nccl"] += 1
 
     def _torn(self, kind: str, text: str, path: str, lineno: int) -> None:
-        self.records[f"torn:{kind}"] += 1
+        self._skip(f"torn:{kind}", f"incomplete {kind} record", text, path, lineno)
+
+    def _skip(self, count: str, reason: str, text: str, path: str, lineno: int) -> None:
+        """A record that cannot go in the tables: counted, and kept in `unparsed`."""
+        self.records[count] += 1
         self.unparsed_per_file[path] += 1
         if self.unparsed_per_file[path] <= MAX_SAMPLES_PER_FILE:
-            self.unparsed.append({"source": path, "line": lineno,
-                                  "reason": f"incomplete {kind} record", "text": text[:500]})
+            self.unparsed.append({"source": path, "line": lineno, "reason": reason,
+                                  "text": text[:500]})
 
     def _topo(self, kind: str, m: Any, ctx: tuple, path: str, lineno: int) -> None:
         d = {k: v for k, v in m.groupdict().items() if v is not None}

@@ -317,7 +317,9 @@ def _prefix(a, span_s, span_e, tok_s, ls):
     prefixes (one per thread), so the prefix text is dictionary-encoded and only the distinct
     values are parsed. Returns (ok, host, pid, tid, dev, host at line start)."""
     enc = pc.dictionary_encode(ragged_strings(a, span_s, span_e))
-    parsed = [_PREFIX_TOKEN_RE.search(v) for v in enc.dictionary.to_pylist()]
+    # A prefix whose numbers do not fit int64 (damage) is left to the Python parser.
+    parsed = [m if m and max(len(m.group(2)), len(m.group(3)), len(m.group(4))) <= 18
+              else None for m in map(_PREFIX_TOKEN_RE.search, enc.dictionary.to_pylist())]
     ok_u = np.array([m is not None for m in parsed] + [False])
     nums = np.array([(int(m.group(2)), int(m.group(3)), int(m.group(4)), m.start())
                      if m else (-1, -1, -1, -1) for m in parsed] + [(-1, -1, -1, -1)], np.int64)

@@ -167,6 +167,24 @@ def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path):
     assert log.summary["lines_not_recognised"] == 1 and log.summary["lines_read"] == 8
 
 
+def test_numbers_beyond_int64_are_reported_not_fatal(tmp_path):
+    """A damaged line can hold any run of digits: such records are counted and kept in
+    `unparsed` with their reason, and every other record still parses."""
+    huge = 1 << 64
+    text = _lines(INIT, coll(1024, 0), coll(huge, 1), tuning(4096),
+                  coll(2048, 1).replace("opCount 1", f"opCount {huge:x}"),
+                  tuning(huge), coll(3072, 2).replace("h1:100:100", f"h1:{huge}:100"),
+                  coll(2048, 1), tuning(8192), coll(3072, 2), tuning(12288))
+    log = _parse(tmp_path, text)
+    assert log.collectives["count"].tolist() == [1024, 2048, 3072]
+    assert log.collectives["bytes"].tolist() == BYTES
+    assert log.summary["records"]["out_of_range:collective"] == 3
+    assert log.summary["records"]["out_of_range:tuning"] == 1
+    assert log.unparsed["line"].tolist() == [3, 5, 6, 7]
+    assert set(log.unparsed["reason"]) == {"collective record with a number beyond int64",
+                                           "tuning record with a number beyond int64"}
+
+
 # --- nccl-tests: every layout gets its rank count ---------------------------------------------
 
 OLD_DEVICES = """\
