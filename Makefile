@@ -11,7 +11,7 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip
 
 # torch is installed only when it is not importable, pinned to the CPU wheel (never a CUDA build).
-$(STAMP): pyproject.toml profiler/_chook.c profiler/_cscan.c | $(VPY)
+$(STAMP): pyproject.toml $(wildcard profiler/*.c profiler/*.h) | $(VPY)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
