@@ -9,91 +9,16 @@
  * Python wrapper `slow` before anything is recorded, or to `raw`/`fail` after the call, so the
  * two paths write the same rows. `tests/test_native_hook.py` compares them field by field.
  *
- * `Records` is a growable int64 buffer (the session's `ColumnBuffer.ints`): the hook appends a
- * record with one memcpy; `take()` hands the writer everything so far as bytes.
+ * `Records` (_chook_records.c) is a growable int64 buffer, the session's `ColumnBuffer.ints`.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_chook.h"
 #include <pythread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
 
-#define NFIELDS 10 /* _columns.FIELDS */
 #define MAXP 8     /* parameters of the hooked signatures */
-
-/* ---------------------------------------------------------------------------- Records */
-
-typedef struct {
-    PyObject_HEAD
-    int64_t *data;
-    Py_ssize_t n;   /* int64 values held */
-    Py_ssize_t cap;
-} Records;
-
-static PyTypeObject RecordsType;
-
-static int records_reserve(Records *r, Py_ssize_t extra) {
-    if (r->n + extra <= r->cap) return 0;
-    Py_ssize_t cap = r->cap ? r->cap : 1024;
-    while (cap < r->n + extra) cap *= 2;
-    int64_t *p = PyMem_Realloc(r->data, (size_t)cap * sizeof(int64_t));
-    if (!p) { PyErr_NoMemory(); return -1; }
-    r->data = p;
-    r->cap = cap;
-    return 0;
-}
-
-static void records_dealloc(Records *r) {
-    PyMem_Free(r->data);
-    Py_TYPE(r)->tp_free((PyObject *)r);
-}
-
-static PyObject *records_frombytes(Records *r, PyObject *arg) {
-    Py_buffer b;
-    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
-    if (b.len % 8) {
-        PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_ValueError, "Records.frombytes: length not a multiple of 8");
-        return NULL;
-    }
-    if (records_reserve(r, b.len / 8) < 0) { PyBuffer_Release(&b); return NULL; }
-    memcpy(r->data + r->n, b.buf, (size_t)b.len);
-    r->n += b.len / 8;
-    PyBuffer_Release(&b);
-    Py_RETURN_NONE;
-}
-
-static PyObject *records_take(Records *r, PyObject *unused) {
-    /* Everything appended so far; runs under the GIL, so no record is half-written. */
-    PyObject *out = PyBytes_FromStringAndSize((const char *)r->data, r->n * 8);
-    if (out) r->n = 0;
-    return out;
-}
-
-static Py_ssize_t records_len(Records *r) { return r->n; }
-
-static PyMethodDef records_methods[] = {
-    {"frombytes", (PyCFunction)records_frombytes, METH_O,
-     "Append native-endian int64 values (whole records)."},
-    {"take", (PyCFunction)records_take, METH_NOARGS,
-     "Remove and return every value appended so far, as bytes."},
-    {NULL}};
-
-static PySequenceMethods records_seq = {.sq_length = (lenfunc)records_len};
-
-static PyTypeObject RecordsType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "commscope.profiler._chook.Records",
-    .tp_basicsize = sizeof(Records),
-    .tp_dealloc = (destructor)records_dealloc,
-    .tp_as_sequence = &records_seq,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A session's packed records (int64 values, _columns.FIELDS per record).",
-    .tp_methods = records_methods,
-    .tp_new = PyType_GenericNew,
-};
 
 /* ---------------------------------------------------------------------------- Hook */
 
