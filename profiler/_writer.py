@@ -292,6 +292,9 @@ def _nullable_int(values: np.ndarray) -> pa.Array:
 _DICTIONARY_COLUMNS = ["run_id", "host", "pg_name", "pg_dim", "op", "api", "dtype", "backend",
                        "device", "completion", "phase", "phase_path", "capture", "error", "source",
                        "cuda_graph"]
+# Message sizes repeat (a handful per program): Parquet dictionary pages make parts ~3x smaller
+# and the write ~25 % faster than plain int64 (a column of all-distinct sizes falls back to plain).
+_PARQUET_DICTIONARY = _DICTIONARY_COLUMNS + ["count", "bytes", "in_bytes", "out_bytes"]
 _STATISTICS_COLUMNS = ["rank", "seq", "pg_name", "pg_dim", "pg_seq", "op", "bytes", "phase",
                        "step", "t_start_ns"]
 # Counters and clocks rise call by call: delta encoding stores them in a few bits per value
@@ -310,7 +313,7 @@ def write_part(table: pa.Table, directory: str, name: str) -> str:
     # No Arrow schema in the file: dictionary-encoded strings read back as plain strings (the
     # Parquet types are the same either way); the trace's own keys go in as key-value metadata.
     with pq.ParquetWriter(tmp, table.schema, store_schema=False, compression="zstd",
-                          compression_level=1, use_dictionary=_DICTIONARY_COLUMNS,
+                          compression_level=1, use_dictionary=_PARQUET_DICTIONARY,
                           write_statistics=_STATISTICS_COLUMNS,
                           column_encoding=_DELTA_COLUMNS) as writer:
         writer.write_table(table)
