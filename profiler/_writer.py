@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 from typing import Any, NamedTuple
@@ -64,8 +65,16 @@ def _decode(codes: np.ndarray, dictionary: list, typ: pa.DataType) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(dictionary, typ))
 
 
+# Columns that hold one value on every row (run id, host, rank, all-null extras) are the same
+# from one part to the next (parts are mostly flush_events long): built once, shared (Arrow
+# arrays are immutable).
+@functools.lru_cache(maxsize=128)
 def _const(value: Any, n: int, typ: pa.DataType) -> pa.Array:
-    return _decode(np.zeros(n, np.int32), [value], typ)
+    if value is None:  # strings as the dictionary type their columns have (_table_schema)
+        return pa.nulls(n, pa.dictionary(pa.int32(), typ) if typ == pa.string() else typ)
+    if typ == pa.string():
+        return _decode(np.zeros(n, np.int32), [value], typ)
+    return pa.array(np.full(n, value), typ)
 
 
 def _num(values: tuple, typ: pa.DataType = pa.int64()) -> pa.Array:
@@ -142,8 +151,7 @@ def columns_to_table(data: np.ndarray, keys: list[tuple], ident: Identity,
     t_end = pa.array(data[:, C.TEND])
     return _assemble(
         ident, groups, np.array([k[0] for k in ks], np.int32)[kinv], per_key(2), per_key(1),
-        phase, data[:, C.COUNT].astype(np.float64), data[:, C.IN].astype(np.float64),
-        data[:, C.OUT].astype(np.float64),
+        phase, data[:, C.COUNT], data[:, C.IN], data[:, C.OUT],
         {"tid": pa.array(data[:, C.TID]), "seq": pa.array(data[:, C.SEQ]),
          "pg_seq": pa.array(data[:, C.PGSEQ]), "t_start_ns": pa.array(data[:, C.T0]),
          "t_end_ns": t_end, "t_return_ns": t_end},
@@ -191,19 +199,19 @@ def _assemble(ident: Identity, groups: dict[str, GroupInfo], api_idx: np.ndarray
     dt_names = [None if d is None else str(d).removeprefix("torch.") for d in dt_uniq]
 
     safe_size = np.where(pg_size > 0, pg_size, 1)
-    # Functional collectives leave what needs the group size to here.
-    count = np.where(np.isnan(count) & is_rs, np.floor(in_numel / safe_size), count)
-    out_numel = np.where(np.isnan(out_numel) & is_rs, count, out_numel)
-    out_numel = np.where(np.isnan(out_numel) & is_ag, count * safe_size,
-                         out_numel)
+    if count.dtype.kind == "f":  # rows (packed records hold int64 counts, all known)
+        # Functional collectives leave what needs the group size to here.
+        count = np.where(np.isnan(count) & is_rs, np.floor(in_numel / safe_size), count)
+        out_numel = np.where(np.isnan(out_numel) & is_rs, count, out_numel)
+        out_numel = np.where(np.isnan(out_numel) & is_ag, count * safe_size, out_numel)
     nbytes = count * esize * np.where(gather_like, safe_size, 1)
 
     arrays = {
         "run_id": _const(ident.run_id, n, pa.string()),
-        "rank": pa.array(np.full(n, ident.rank, np.int32)),
-        "world_size": pa.array(np.full(n, ident.world_size, np.int32)),
+        "rank": _const(ident.rank, n, pa.int32()),
+        "world_size": _const(ident.world_size, n, pa.int32()),
         "host": _const(ident.host, n, pa.string()),
-        "pid": pa.array(np.full(n, ident.pid, np.int32)),
+        "pid": _const(ident.pid, n, pa.int32()),
         **ints,
         "pg_name": _decode(pg_codes, pg_uniq, pa.string()),
         "pg_dim": _decode(pg_codes, [dim_of(g) for g in pg_uniq], pa.string()),
@@ -219,7 +227,7 @@ def _assemble(ident: Identity, groups: dict[str, GroupInfo], api_idx: np.ndarray
         "out_bytes": _nullable_int(out_numel * esize),
         "backend": _decode(pg_codes, [i.backend if i else None for i in infos], pa.string()),
         **extra,
-        "gpu_hidden_ns": pa.nulls(n, pa.int64()),
+        "gpu_hidden_ns": _const(None, n, pa.int64()),
         "phase": phase[0],
         "phase_path": phase[1],
         "step": phase[2],
@@ -259,7 +267,7 @@ def _extras(xs: tuple | None, n: int) -> dict[str, pa.Array]:
     out = {}
     for name, k, typ, default in _EXTRA_COLUMNS:
         if not idx:
-            out[name] = _const(default, n, typ) if default is not None else pa.nulls(n, typ)
+            out[name] = _const(default, n, typ)
             continue
         values = [default] * n
         for i in idx:
@@ -274,7 +282,7 @@ def _extras(xs: tuple | None, n: int) -> dict[str, pa.Array]:
         gpu[i] = xs[i][X.GPU]
     for name, k in (("gpu_start_ns", 0), ("gpu_end_ns", 1), ("gpu_duration_ns", 2)):
         if not idx:
-            out[name] = pa.nulls(n, pa.int64())
+            out[name] = _const(None, n, pa.int64())
             continue
         out[name] = pa.array([g[k] if isinstance(g, tuple) else
                               (g if k == 2 and isinstance(g, int) else None) for g in gpu],
@@ -283,6 +291,8 @@ def _extras(xs: tuple | None, n: int) -> dict[str, pa.Array]:
 
 
 def _nullable_int(values: np.ndarray) -> pa.Array:
+    if values.dtype.kind == "i":  # packed records: every value known
+        return pa.array(values)
     mask = np.isnan(values)
     return pa.array(np.where(mask, 0, values).astype(np.int64), mask=mask)
 
