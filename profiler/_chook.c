@@ -32,28 +32,12 @@ typedef struct {
     /* The last (dtype, group info, phase) and its key code and step (see make_wrapper). */
     PyObject *last_dt, *last_gi, *last_ph;
     int64_t last_code, last_step;
-    PyObject *cached_session, *cached_ints, *cached_sdict;
+    PyObject *cached_session, *cached_ints; /* a weak reference to the session; its buffer */
     PyObject *rec_dict; /* rec.__dict__: cuda_timing and seq are read from it directly */
 } Hook;
 
 static PyObject *s_numel, *s_dtype, *s_cuda_timing, *s_seq, *s_cols, *s_ints, *s_flush_at,
     *s_flush, *s_frombytes, *s_blocking;
-
-static inline int64_t now_ns(void) {
-    /* time.time_ns() reads the same clock. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static int as_i64(PyObject *o, int64_t *out) {
-    if (!PyLong_Check(o)) return -1;
-    int overflow;
-    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow || (v == -1 && PyErr_Occurred())) { PyErr_Clear(); return -1; }
-    *out = v;
-    return 0;
-}
 
 /* The Records buffer of session `s` (new reference): `s._cols.ints`. */
 static PyObject *records_of(PyObject *s) {
@@ -64,26 +48,27 @@ static PyObject *records_of(PyObject *s) {
 }
 
 /* Append one record to every recording session; flush those over their threshold. A session's
- * buffer is looked up once and kept (`cached_session`/`cached_ints`): a session keeps its
- * ColumnBuffer for life, and sessions are few. */
+ * buffer is looked up once and kept (a session keeps its ColumnBuffer for life); the session
+ * itself is held by a weak reference, so a closed session is not kept alive by the cache. */
 static int append_all(Hook *h, const int64_t *recd) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(h->sessions); i++) {
         PyObject *s = PyList_GET_ITEM(h->sessions, i);
         Py_INCREF(s);
         PyObject *ints;
-        if (s != h->cached_session) {
-            PyObject *sdict = PyObject_GetAttrString(s, "__dict__");
-            if (!sdict || !PyDict_Check(sdict) || !(ints = records_of(s))) {
-                if (sdict && !PyErr_Occurred())
-                    PyErr_SetString(PyExc_TypeError, "commscope hook: unexpected session");
-                Py_XDECREF(sdict); Py_DECREF(s);
-                return -1;
+        if (h->cached_session && PyWeakref_GET_OBJECT(h->cached_session) == s) {
+            ints = Py_NewRef(h->cached_ints);
+        } else {
+            if (!(ints = records_of(s))) { Py_DECREF(s); return -1; }
+            PyObject *wr = PyWeakref_NewRef(s, NULL);
+            if (wr) { /* swap the whole cache, then release the old values (that can run code) */
+                PyObject *old_s = h->cached_session, *old_i = h->cached_ints;
+                h->cached_session = wr;
+                h->cached_ints = Py_NewRef(ints);
+                Py_XDECREF(old_s); Py_XDECREF(old_i);
+            } else {
+                PyErr_Clear(); /* a session without weak references: looked up every call */
             }
-            Py_XSETREF(h->cached_session, Py_NewRef(s));
-            Py_XSETREF(h->cached_ints, ints);
-            Py_XSETREF(h->cached_sdict, sdict);
         }
-        ints = Py_NewRef(h->cached_ints);
         Py_ssize_t len;
         if (Py_IS_TYPE(ints, &RecordsType)) {
             Records *r = (Records *)ints;
@@ -98,17 +83,17 @@ static int append_all(Hook *h, const int64_t *recd) {
             if (!ok) { Py_DECREF(ints); Py_DECREF(s); return -1; }
             Py_DECREF(ok);
             len = PyObject_Size(ints);
+            if (len < 0) { Py_DECREF(ints); Py_DECREF(s); return -1; }
         }
         Py_DECREF(ints);
-        PyObject *fa = PyDict_GetItemWithError(h->cached_sdict, s_flush_at); /* borrowed */
-        if (!fa) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "_flush_at");
-            Py_DECREF(s);
-            return -1;
-        }
-        Py_ssize_t flush_at = PyLong_AsSsize_t(fa);
+        /* `_flush_at` may exceed any size ("never flush by count"): compare as Python does. */
+        PyObject *fa = PyObject_GetAttr(s, s_flush_at);
+        if (!fa) { Py_DECREF(s); return -1; }
+        int overflow;
+        long long flush_at = PyLong_AsLongLongAndOverflow(fa, &overflow);
+        Py_DECREF(fa);
         if (flush_at == -1 && PyErr_Occurred()) { Py_DECREF(s); return -1; }
-        if (len >= flush_at) {
+        if (overflow < 0 || (overflow == 0 && (long long)len >= flush_at)) {
             PyObject *meth = PyObject_GetAttr(s, s_flush);
             PyObject *kw = meth ? Py_BuildValue("{O:O}", s_blocking, Py_False) : NULL;
             PyObject *e = PyTuple_New(0);
@@ -202,7 +187,11 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     if (!entry || PyDict_SetItem(h->busy, tid, entry) < 0) {
         Py_XDECREF(entry); Py_XDECREF(pg_seq); Py_XDECREF(seq); Py_XDECREF(ph);
         Py_DECREF(gi); Py_DECREF(n); Py_DECREF(other); Py_DECREF(dtype); Py_DECREF(tid);
-        return NULL;
+        /* As the Python wrapper: a failure to record never stops the collective (the other
+         * ranks wait for it); only KeyboardInterrupt and the like propagate. */
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+        PyErr_Clear();
+        return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
     }
 
     PyObject *res = PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
@@ -215,8 +204,17 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
         PyErr_NormalizeException(&et, &ev, &tb);
         if (tb) PyException_SetTraceback(ev, tb);
         PyObject *r = PyObject_CallFunctionObjArgs(h->fail, entry, tid, ev, NULL);
-        if (r) { Py_DECREF(r); PyErr_Restore(et, ev, tb); }
-        else { Py_XDECREF(et); Py_XDECREF(ev); Py_XDECREF(tb); }
+        if (r) {
+            Py_DECREF(r);
+            PyErr_Restore(et, ev, tb);
+        } else { /* recording the error failed: raise that, chained to the call's error */
+            PyObject *nt, *nv, *ntb;
+            PyErr_Fetch(&nt, &nv, &ntb);
+            PyErr_NormalizeException(&nt, &nv, &ntb);
+            if (nv && ev) PyException_SetContext(nv, Py_NewRef(ev));
+            PyErr_Restore(nt, nv, ntb);
+            Py_XDECREF(et); Py_XDECREF(ev); Py_XDECREF(tb);
+        }
         goto done;
     }
     if (PyDict_DelItem(h->busy, tid) < 0) { Py_CLEAR(ret); goto done; }
@@ -331,7 +329,7 @@ static int hook_traverse(Hook *h, visitproc visit, void *arg) {
     Py_VISIT(h->key_code); Py_VISIT(h->phase_var); Py_VISIT(h->fail); Py_VISIT(h->raw);
     Py_VISIT(h->api_idx); Py_VISIT(h->params);
     Py_VISIT(h->last_dt); Py_VISIT(h->last_gi); Py_VISIT(h->last_ph);
-    Py_VISIT(h->cached_session); Py_VISIT(h->cached_ints); Py_VISIT(h->cached_sdict);
+    Py_VISIT(h->cached_session); Py_VISIT(h->cached_ints);
     Py_VISIT(h->rec_dict);
     return 0;
 }
@@ -342,7 +340,7 @@ static int hook_clear(Hook *h) {
     Py_CLEAR(h->key_code); Py_CLEAR(h->phase_var); Py_CLEAR(h->fail); Py_CLEAR(h->raw);
     Py_CLEAR(h->api_idx); Py_CLEAR(h->params);
     Py_CLEAR(h->last_dt); Py_CLEAR(h->last_gi); Py_CLEAR(h->last_ph);
-    Py_CLEAR(h->cached_session); Py_CLEAR(h->cached_ints); Py_CLEAR(h->cached_sdict);
+    Py_CLEAR(h->cached_session); Py_CLEAR(h->cached_ints);
     Py_CLEAR(h->rec_dict);
     return 0;
 }

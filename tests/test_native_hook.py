@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import sys
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -75,23 +76,26 @@ def _workload(g, errors: list) -> None:
             errors.append(str(exc).splitlines()[0])
 
 
-def _record(tmp_path, name: str, g):
+def _record(tmp_path, name: str, g, flush_events: int = 65536):
     errors: list = []
-    with profiler.trace(tmp_path / name) as s:
+    with profiler.trace(tmp_path / name, flush_events=flush_events) as s:
         hooked = type(dist.all_reduce).__name__, type(s._cols.ints).__name__
         _workload(g, errors)
-    return session_events(s).drop(columns=CLOCKS), hooked, errors
+    return session_events(s).drop(columns=CLOCKS), hooked, errors, s.parts
 
 
 @built
-def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flush_events", [65536, 5, sys.maxsize])
+def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch, flush_events):
+    """Also when the hook flushes itself every few calls, and when it never does."""
     g = dist.new_group([0, 1])
-    native, hooked, errors = _record(tmp_path, "native", g)
+    native, hooked, errors, parts = _record(tmp_path, "native", g, flush_events)
     assert hooked == ("Hook", "Records")  # the compiled path really ran
     with monkeypatch.context() as m:
         m.setattr(_wrappers, "_chook", None)
         m.setattr(_columns, "_chook", None)
-        python, py_hooked, py_errors = _record(tmp_path, "python", g)
+        python, py_hooked, py_errors, py_parts = _record(tmp_path, "python", g, flush_events)
+    assert parts == py_parts == (5 if flush_events == 5 else 1)
     assert py_hooked == ("function", "array")
     assert errors == py_errors and len(errors) == 2
     assert len(native) == 24
@@ -107,6 +111,16 @@ def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch):
     assert native.columns.tolist() == python.columns.tolist()
     tn, tp = (pa.Table.from_pandas(df, preserve_index=False) for df in (native, python))
     assert [c for c in tn.column_names if not tn[c].equals(tp[c])] == []
+
+
+class _IndexSized:
+    """A tensor-like argument whose element count is a numpy integer (an int by __index__, as
+    struct.pack takes it): a packed record on both paths."""
+
+    dtype = torch.float32
+
+    def numel(self) -> np.int64:
+        return np.int64(7)
 
 
 class _Unsized:
@@ -139,6 +153,21 @@ def test_values_not_int64_become_a_raw_row(tmp_path, request, path):
     assert df["pg_seq"].tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_index_ints_become_a_packed_record(tmp_path, request, path):
+    if path == "python":
+        request.getfixturevalue("python_path")
+    elif _columns._chook is None:
+        pytest.skip("compiled hook not built, or COMMSCOPE_NO_NATIVE=1")
+    spec = next(s for s in _ops.DIST_APIS if s.name == "all_reduce")
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(1))
+        wrapped = _wrappers.make_wrapper(RECORDER, 0, spec, lambda *a, **k: "done", True)
+        assert wrapped(_IndexSized()) == "done"
+        assert len(s._cols.ints) == 20 and len(s._buf) == 0
+    assert session_events(s)["count"].tolist() == [1, 7]
+
+
 @built
 def test_compiled_hook_keeps_the_original_function_metadata(tmp_path):
     orig = dist.all_reduce
@@ -161,7 +190,8 @@ def test_compiled_hook_holds_no_reference_after_the_call(tmp_path):
     with profiler.trace(tmp_path, flush_events=1 << 30) as s, profiler.phase("decode", step=2):
         dist.all_reduce(t, group=g)  # the group's first call: resolved on the Python path
         dist.all_reduce(t, group=g)  # the compiled path's first: its key cache holds the keys
-        watched = [t, g, torch.float32, dist.ReduceOp.SUM, profiler.current_phase()]
+        watched = [t, g, torch.float32, dist.ReduceOp.SUM, profiler.current_phase(),
+                   RECORDER.groups._names[g]]
         before = [sys.getrefcount(x) for x in watched]
         for _ in range(2000):
             dist.all_reduce(t, group=g)
@@ -170,5 +200,5 @@ def test_compiled_hook_holds_no_reference_after_the_call(tmp_path):
                 dist.all_reduce(t, op="bad", group=g)  # raises inside torch: an error row
         after = [sys.getrefcount(x) for x in watched]
         assert len(s._cols.ints) == 10 * 4002 and len(s._buf) == 2000
-    # Each buffered error row holds the dtype and the phase once; nothing else is held.
-    assert [a - b for a, b in zip(after, before)] == [0, 0, 2000, 0, 2000]
+    # Each buffered error row holds the dtype, the phase and the group info once; nothing else.
+    assert [a - b for a, b in zip(after, before)] == [0, 0, 2000, 0, 2000, 2000]
