@@ -67,8 +67,8 @@ def _decode(codes: np.ndarray, dictionary: list, typ: pa.DataType) -> pa.Array:
 
 # Columns that hold one value on every row (run id, host, rank, all-null extras) are the same
 # from one part to the next (parts are mostly flush_events long): built once, shared (Arrow
-# arrays are immutable).
-@functools.lru_cache(maxsize=128)
+# arrays are immutable). A few parts' worth at most (~10 columns of 64 Ki rows each).
+@functools.lru_cache(maxsize=32)
 def _const(value: Any, n: int, typ: pa.DataType) -> pa.Array:
     if value is None:  # strings as the dictionary type their columns have (_table_schema)
         return pa.nulls(n, pa.dictionary(pa.int32(), typ) if typ == pa.string() else typ)
