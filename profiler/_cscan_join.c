@@ -4,6 +4,41 @@
  */
 #include "_cscan.h"
 
+/* Spans [s[j], e[j]) of `src` concatenated into new Arrow large-string buffers (offsets and
+ * data) from `alloc`, for j = idx[i] (idx NULL: j = i; j < 0: an empty row), i < n; `total` is
+ * their summed length (the callers have checked every span). Returns (offsets, data). */
+static PyObject *concat_spans(PyObject *alloc, const char *src, Py_ssize_t n, Py_ssize_t total,
+                              const int64_t *s, const int64_t *e, const int64_t *idx) {
+    Py_buffer ov, dv;
+    PyObject *offs = alloc_buffer(alloc, (n + 1) * (Py_ssize_t)sizeof(int64_t), &ov);
+    if (!offs) return NULL;
+    PyObject *data = alloc_buffer(alloc, total, &dv);
+    if (!data) {
+        PyBuffer_Release(&ov);
+        Py_DECREF(offs);
+        return NULL;
+    }
+    int64_t *o = ov.buf;
+    char *d = dv.buf;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        o[i] = at;
+        int64_t j = idx ? idx[i] : i;
+        if (j < 0) continue;
+        memcpy(d + at, src + s[j], (size_t)(e[j] - s[j]));
+        at += e[j] - s[j];
+    }
+    o[n] = at;
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&ov);
+    PyBuffer_Release(&dv);
+    PyObject *res = PyTuple_Pack(2, offs, data);
+    Py_DECREF(offs);
+    Py_DECREF(data);
+    return res;
+}
+
 CSCAN_DOC(cscan_gather_doc,
 "gather(buf, starts, ends, alloc) -> (offsets, data)\n\n"
 "The byte spans buf[starts[i]:ends[i]] (int64 arrays) concatenated: `data` and the n + 1\n"
@@ -12,9 +47,9 @@ CSCAN_DOC(cscan_gather_doc,
 
 PyObject *cscan_gather(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objs[3], *alloc, *offs = NULL, *data = NULL, *res = NULL;
-    Py_buffer v[3], ov, dv;
-    int got = 0, have_o = 0, have_d = 0;
+    PyObject *objs[3], *alloc, *res = NULL;
+    Py_buffer v[3];
+    int got = 0;
     if (!PyArg_ParseTuple(args, "OOOO:gather", &objs[0], &objs[1], &objs[2], &alloc))
         return NULL;
     for (; got < 3; got++)
@@ -33,28 +68,8 @@ PyObject *cscan_gather(PyObject *self, PyObject *args) {
         }
         total += e[i] - s[i];
     }
-    if (!(offs = alloc_buffer(alloc, (n + 1) * (Py_ssize_t)sizeof(int64_t), &ov))) goto done;
-    have_o = 1;
-    if (!(data = alloc_buffer(alloc, total, &dv))) goto done;
-    have_d = 1;
-    int64_t *o = ov.buf;
-    char *d = dv.buf;
-    const char *b = v[0].buf;
-    Py_BEGIN_ALLOW_THREADS
-    int64_t at = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        o[i] = at;
-        memcpy(d + at, b + s[i], (size_t)(e[i] - s[i]));
-        at += e[i] - s[i];
-    }
-    o[n] = at;
-    Py_END_ALLOW_THREADS
-    res = PyTuple_Pack(2, offs, data);
+    res = concat_spans(alloc, v[0].buf, n, total, s, e, NULL);
 done:
-    if (have_o) PyBuffer_Release(&ov);
-    if (have_d) PyBuffer_Release(&dv);
-    Py_XDECREF(offs);
-    Py_XDECREF(data);
     while (got-- > 0) PyBuffer_Release(&v[got]);
     return res;
 }
@@ -67,9 +82,9 @@ CSCAN_DOC(cscan_take_doc,
 
 PyObject *cscan_take(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objs[3], *alloc, *offs = NULL, *data = NULL, *res = NULL;
-    Py_buffer v[3], ov, dv;
-    int got = 0, have_o = 0, have_d = 0;
+    PyObject *objs[3], *alloc, *res = NULL;
+    Py_buffer v[3];
+    int got = 0;
     if (!PyArg_ParseTuple(args, "OOOO:take", &objs[0], &objs[1], &objs[2], &alloc)) return NULL;
     for (; got < 3; got++)
         if (PyObject_GetBuffer(objs[got], &v[got], got == 1 ? PyBUF_SIMPLE : PyBUF_C_CONTIGUOUS))
@@ -87,30 +102,8 @@ PyObject *cscan_take(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "take: offsets or rows out of range");
         goto done;
     }
-    if (!(offs = alloc_buffer(alloc, (n + 1) * (Py_ssize_t)sizeof(int64_t), &ov))) goto done;
-    have_o = 1;
-    if (!(data = alloc_buffer(alloc, total, &dv))) goto done;
-    have_d = 1;
-    int64_t *o = ov.buf;
-    char *d = dv.buf;
-    const char *src = v[1].buf;
-    Py_BEGIN_ALLOW_THREADS
-    int64_t at = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        o[i] = at;
-        if (idx[i] < 0) continue;
-        int64_t s0 = so[idx[i]], len = so[idx[i] + 1] - s0;
-        memcpy(d + at, src + s0, (size_t)len);
-        at += len;
-    }
-    o[n] = at;
-    Py_END_ALLOW_THREADS
-    res = PyTuple_Pack(2, offs, data);
+    res = concat_spans(alloc, v[1].buf, n, total, so, so + 1, idx);  /* row j: so[j]..so[j+1] */
 done:
-    if (have_o) PyBuffer_Release(&ov);
-    if (have_d) PyBuffer_Release(&dv);
-    Py_XDECREF(offs);
-    Py_XDECREF(data);
     while (got-- > 0) PyBuffer_Release(&v[got]);
     return res;
 }
