@@ -26,7 +26,7 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *dict;
-    PyObject *orig, *slow, *rec, *busy, *sessions, *counters, *names, *key_code, *phase_var;
+    PyObject *orig, *slow, *busy, *sessions, *counters, *names, *key_code, *phase_var;
     PyObject *fail, *raw, *api_idx, *params;
     int nparams, i_count, i_other, other_is_out, i_group, i_async;
     /* The last (dtype, group info, phase) and its key code and step (see make_wrapper). */
@@ -312,7 +312,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         return NULL;
     }
     h->vectorcall = (vectorcallfunc)hook_vectorcall;
-    h->orig = Py_NewRef(orig); h->slow = Py_NewRef(slow); h->rec = Py_NewRef(rec);
+    h->orig = Py_NewRef(orig); h->slow = Py_NewRef(slow);
     h->busy = busy; h->sessions = sessions; h->counters = counters; h->names = names;
     h->rec_dict = rec_dict;
     h->key_code = Py_NewRef(key_code); h->phase_var = Py_NewRef(phase_var);
@@ -323,25 +323,22 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     return (PyObject *)h;
 }
 
+/* Every object field, once: traverse and clear expand the same list. */
+#define HOOK_OBJECTS(X) X(dict) X(orig) X(slow) X(busy) X(sessions) X(counters) X(names) \
+    X(key_code) X(phase_var) X(fail) X(raw) X(api_idx) X(params) X(last_dt) X(last_gi) X(last_ph) \
+    X(cached_session) X(cached_ints) X(rec_dict)
+
 static int hook_traverse(Hook *h, visitproc visit, void *arg) {
-    Py_VISIT(h->dict); Py_VISIT(h->orig); Py_VISIT(h->slow); Py_VISIT(h->rec);
-    Py_VISIT(h->busy); Py_VISIT(h->sessions); Py_VISIT(h->counters); Py_VISIT(h->names);
-    Py_VISIT(h->key_code); Py_VISIT(h->phase_var); Py_VISIT(h->fail); Py_VISIT(h->raw);
-    Py_VISIT(h->api_idx); Py_VISIT(h->params);
-    Py_VISIT(h->last_dt); Py_VISIT(h->last_gi); Py_VISIT(h->last_ph);
-    Py_VISIT(h->cached_session); Py_VISIT(h->cached_ints);
-    Py_VISIT(h->rec_dict);
+#define VISIT(field) Py_VISIT(h->field);
+    HOOK_OBJECTS(VISIT)
+#undef VISIT
     return 0;
 }
 
 static int hook_clear(Hook *h) {
-    Py_CLEAR(h->dict); Py_CLEAR(h->orig); Py_CLEAR(h->slow); Py_CLEAR(h->rec);
-    Py_CLEAR(h->busy); Py_CLEAR(h->sessions); Py_CLEAR(h->counters); Py_CLEAR(h->names);
-    Py_CLEAR(h->key_code); Py_CLEAR(h->phase_var); Py_CLEAR(h->fail); Py_CLEAR(h->raw);
-    Py_CLEAR(h->api_idx); Py_CLEAR(h->params);
-    Py_CLEAR(h->last_dt); Py_CLEAR(h->last_gi); Py_CLEAR(h->last_ph);
-    Py_CLEAR(h->cached_session); Py_CLEAR(h->cached_ints);
-    Py_CLEAR(h->rec_dict);
+#define CLEAR(field) Py_CLEAR(h->field);
+    HOOK_OBJECTS(CLEAR)
+#undef CLEAR
     return 0;
 }
 
