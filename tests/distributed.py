@@ -1,16 +1,31 @@
-"""Spawning real gloo ranks for tests: a free port, N processes, failures re-raised with rank."""
+"""Process groups for tests: real gloo ranks (a free port, N processes, failures re-raised with
+rank), and the single-process fake group of the fast unit tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+
+@contextlib.contextmanager
+def fake_process_group(rank: int, world: int) -> Iterator[None]:
+    """torch's fake process group as `rank` of `world`, for the block (collectives return at
+    once; the Python path up to the backend is the real one)."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=rank, world_size=world, store=FakeStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def free_port() -> int:

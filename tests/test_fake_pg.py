@@ -11,17 +11,15 @@ import torch.distributed as dist
 from commscope import analysis, profiler
 from commscope.profiler._recorder import RECORDER
 from tests.analysis_fixtures import session_events as _events
+from tests.distributed import fake_process_group
 
 WORLD, RANK = 8, 3
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fake_pg():
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", rank=RANK, world_size=WORLD, store=FakeStore())
-    yield
-    dist.destroy_process_group()
+    with fake_process_group(RANK, WORLD):
+        yield
 
 
 

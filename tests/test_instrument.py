@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from commscope import analysis, profiler
 from tests.analysis_fixtures import session_events as _events
-from tests.distributed import run_ranks
+from tests.distributed import fake_process_group, run_ranks
 
 WORLD, RANK = 8, 3
 
@@ -46,11 +46,8 @@ class Comm:
 
 @pytest.fixture(scope="module", autouse=True)
 def fake_pg():
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", rank=RANK, world_size=WORLD, store=FakeStore())
-    yield
-    dist.destroy_process_group()
+    with fake_process_group(RANK, WORLD):
+        yield
 
 
 @pytest.fixture

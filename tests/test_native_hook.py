@@ -23,6 +23,7 @@ from commscope import profiler
 from commscope.profiler import _columns, _ops, _wrappers
 from commscope.profiler._recorder import RECORDER
 from tests.analysis_fixtures import session_events
+from tests.distributed import fake_process_group
 
 WORLD, RANK = 4, 1
 CLOCKS = ["run_id", "pid", "t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns"]
@@ -32,18 +33,24 @@ built = pytest.mark.skipif(_columns._chook is None,
 
 @pytest.fixture(scope="module", autouse=True)
 def fake_pg():
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", rank=RANK, world_size=WORLD, store=FakeStore())
-    yield
-    dist.destroy_process_group()
+    with fake_process_group(RANK, WORLD):
+        yield
 
 
-@pytest.fixture
-def python_path(monkeypatch):
+def _use_python_path(m: pytest.MonkeyPatch) -> None:
     """Install the pure-Python wrappers and buffers, as when the extension is not built."""
-    monkeypatch.setattr(_wrappers, "_chook", None)
-    monkeypatch.setattr(_columns, "_chook", None)
+    m.setattr(_wrappers, "_chook", None)
+    m.setattr(_columns, "_chook", None)
+
+
+@pytest.fixture(params=["native", "python"])
+def path(request, monkeypatch) -> str:
+    """Each hook in turn: the compiled one (skipped where it is not built), the Python one."""
+    if request.param == "python":
+        _use_python_path(monkeypatch)
+    elif _columns._chook is None:
+        pytest.skip("compiled hook not built, or COMMSCOPE_NO_NATIVE=1")
+    return request.param
 
 
 def _workload(g, errors: list) -> None:
@@ -92,8 +99,7 @@ def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch, f
     native, hooked, errors, parts = _record(tmp_path, "native", g, flush_events)
     assert hooked == ("Hook", "Records")  # the compiled path really ran
     with monkeypatch.context() as m:
-        m.setattr(_wrappers, "_chook", None)
-        m.setattr(_columns, "_chook", None)
+        _use_python_path(m)
         python, py_hooked, py_errors, py_parts = _record(tmp_path, "python", g, flush_events)
     assert parts == py_parts == (5 if flush_events == 5 else 1)
     assert py_hooked == ("function", "array")
@@ -133,19 +139,22 @@ class _Unsized:
         return None
 
 
-@pytest.mark.parametrize("path", ["native", "python"])
-def test_values_not_int64_become_a_raw_row(tmp_path, request, path):
-    if path == "python":
-        request.getfixturevalue("python_path")
-    elif _columns._chook is None:
-        pytest.skip("compiled hook not built, or COMMSCOPE_NO_NATIVE=1")
+def _call_wrapped(tmp_path, path: str, arg: object):
+    """A session with one ordinary all_reduce, then `arg` passed to a freshly made all_reduce
+    wrapper around a no-op; returns the session and its buffered (packed values, raw rows)."""
     spec = next(s for s in _ops.DIST_APIS if s.name == "all_reduce")
     with profiler.trace(tmp_path) as s:
         dist.all_reduce(torch.ones(1))  # registers the default group's counter
         wrapped = _wrappers.make_wrapper(RECORDER, 0, spec, lambda *a, **k: "done", True)
         assert type(wrapped).__name__ == ("Hook" if path == "native" else "function")
-        assert wrapped(_Unsized()) == "done"
-        assert len(s._cols.ints) == 10 and len(s._buf) == 1  # one packed record, one raw row
+        assert wrapped(arg) == "done"
+        buffered = len(s._cols.ints), len(s._buf)
+    return s, buffered
+
+
+def test_values_not_int64_become_a_raw_row(tmp_path, path):
+    s, buffered = _call_wrapped(tmp_path, path, _Unsized())
+    assert buffered == (10, 1)  # one packed record, one raw row
     df = session_events(s)
     assert df["count"].tolist()[0] == 1 and df["count"].isna().tolist() == [False, True]
     assert df["dtype"].tolist() == ["float32", "float32"]
@@ -153,18 +162,9 @@ def test_values_not_int64_become_a_raw_row(tmp_path, request, path):
     assert df["pg_seq"].tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("path", ["native", "python"])
-def test_index_ints_become_a_packed_record(tmp_path, request, path):
-    if path == "python":
-        request.getfixturevalue("python_path")
-    elif _columns._chook is None:
-        pytest.skip("compiled hook not built, or COMMSCOPE_NO_NATIVE=1")
-    spec = next(s for s in _ops.DIST_APIS if s.name == "all_reduce")
-    with profiler.trace(tmp_path) as s:
-        dist.all_reduce(torch.ones(1))
-        wrapped = _wrappers.make_wrapper(RECORDER, 0, spec, lambda *a, **k: "done", True)
-        assert wrapped(_IndexSized()) == "done"
-        assert len(s._cols.ints) == 20 and len(s._buf) == 0
+def test_index_ints_become_a_packed_record(tmp_path, path):
+    s, buffered = _call_wrapped(tmp_path, path, _IndexSized())
+    assert buffered == (20, 0)
     assert session_events(s)["count"].tolist() == [1, 7]
 
 
