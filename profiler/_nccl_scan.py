@@ -29,7 +29,7 @@ from ._nccl_formats import OP_NAMES
 from ._nccl_numbers import coll_fields, tuning_fields, word_view
 from ._nccl_records import _TOPOLOGY_KINDS
 
-__all__ = ["BlockScan", "scan_block", "KERNEL", "PAD_BYTES", "ragged_strings", "gather_strings",
+__all__ = ["BlockScan", "scan_block", "KERNEL", "PAD_BYTES", "ragged_strings",
            "NCCL_OPS", "PLAIN_KINDS"]
 
 #: Kinds of lines without an NCCL record (codes of `BlockScan.plain_kind`).
@@ -71,35 +71,23 @@ class BlockScan:
 def ragged_strings(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
     """Arrow strings a[start[i]:end[i]] gathered into one buffer (no Python per string).
 
-    The spans must be in order and apart (what every caller has: one field per record,
-    records in log order, one record per line). The compiled kernel copies them in one loop;
-    without it they are cut out of the block's own buffer: it is viewed as strings
-    [gap, span, gap, span, ...] and Arrow's take copies the spans."""
+    The compiled kernel copies the spans in one loop. Without it they are cut out of the
+    block's own buffer: it is viewed as strings [gap, span, gap, span, ...] and Arrow's take
+    copies the spans, which needs them in order and apart (what every caller has: one field
+    per record, records in log order, one record per line)."""
+    if _CSCAN is not None:
+        offs, data = _CSCAN.gather(a, np.ascontiguousarray(start, np.int64),
+                                   np.ascontiguousarray(end, np.int64), pa.allocate_buffer)
+        return pa.LargeStringArray.from_buffers(len(start), offs, data)
     n = len(start)
     if not (bool((end >= start).all()) and bool((start[1:] >= end[:-1]).all())):
         raise ValueError("ragged_strings: spans out of order or overlapping")
-    if _CSCAN is not None:
-        return gather_strings(a, start, end)
     offs = np.empty(2 * n + 1, np.int64)
     offs[0] = 0
     offs[1::2] = start
     offs[2::2] = end
     every = pa.LargeStringArray.from_buffers(2 * n, pa.py_buffer(offs), pa.py_buffer(a))
     return every.take(pa.array(np.arange(1, 2 * n, 2)))
-
-
-def gather_strings(buf, start: np.ndarray, end: np.ndarray, valid: np.ndarray | None = None):
-    """Arrow large strings buf[start[i]:end[i]] (any order, repeats allowed) by the compiled
-    kernel's copy loop; null where `valid` is False. Requires the kernel (`KERNEL`)."""
-    offs, data = _CSCAN.gather(buf, np.ascontiguousarray(start, np.int64),
-                               np.ascontiguousarray(end, np.int64), pa.allocate_buffer)
-    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.LargeStringArray.from_buffers(len(start), offs, data, bitmap)
-
-
-def _strings(a: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]]) -> list[pa.Array]:
-    """Several string columns (see `ragged_strings`)."""
-    return [ragged_strings(a, s, e) for s, e in bounds]
 
 
 @dataclass
@@ -293,7 +281,7 @@ def _keep(a, rows: dict, pre: tuple, rec_line: np.ndarray, to_python: list,
     p = pos[f]
     skip = {"pos", *(x for span in strings.values() for x in span)}
     out = {k: v[f] for k, v in rows.items() if k not in skip}
-    out.update(zip(strings, _strings(a, [(rows[s][f], rows[e][f]) for s, e in strings.values()])))
+    out.update((k, ragged_strings(a, rows[s][f], rows[e][f])) for k, (s, e) in strings.items())
     out.update(pid=pid[p], tid=tid[p], device=dev[p], host=host.take(pa.array(p)),
                host_at_start=at_start[p], line=rec_line[p])
     return out

@@ -157,12 +157,12 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any, files
     gather = np.isin(c["op_code"], _GATHER_CODES)
     b2 = np.where((esize > 0) & (c["nranks"] > 1) & gather, b1 * c["nranks"], -1)
     comm = pc.dictionary_encode(c["comm"], null_encoding="encode")
+    comm_codes = comm.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     with ThreadPoolExecutor(1) as pool:
         # The tuning join (compiled or numpy: no GIL) runs beside the other columns and the
         # ranks.
         fut = pool.submit(attach_tuning, _thread(c_code, c["pid"], c["tid"]), c_order,
-                          c["op_code"], b1, b2,
-                          comm.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                          c["op_code"], b1, b2, comm_codes,
                           _thread(host_code[n_c:], t["pid"], t["tid"]), t_order, t["op_code"],
                           t["nbytes"])
         c["host"] = _take(host_names, c_code)
@@ -187,7 +187,6 @@ def collectives_table(fast_c: list[dict], fast_t: list[dict], parser: Any, files
             "line": c["line"],
         }
         comms = comms_of()
-        comm_codes = comm.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         df = join_ranks(_pandas(cols), comms, {
             "host": (c_code, host_names.to_pylist()),
             "comm": (comm_codes, comm.dictionary.to_pylist()), "gather": gather,

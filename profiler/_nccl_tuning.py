@@ -60,9 +60,9 @@ def _group_codes(tcode, n_threads, op, nbytes):
 
 
 def _before_style(c_tc, c_order, c_op, c_sizes, t_tc, t_order, t_op, t_bytes, n_threads,
-                  thread_of):
-    """Per process (thread >> 22): True where tuning lines come before their collective.
-    c_tc/t_tc: dense thread codes; thread_of: code -> thread id."""
+                  proc_of):
+    """Per thread code: True where its process's tuning lines come before their collective.
+    c_tc/t_tc: dense thread codes; proc_of: thread code -> dense process code."""
     tc = np.concatenate([c_tc, t_tc])
     n_c = len(c_tc)
     perm = _by_group(np.concatenate([c_order, t_order]), tc, n_threads)
@@ -83,25 +83,13 @@ def _before_style(c_tc, c_order, c_op, c_sizes, t_tc, t_order, t_op, t_bytes, n_
         return ok & same_op & size
 
     after, before = hits(ti - 1), hits(ti + 1)
-    proc = thread_of[t_tc] >> 22
-    procs, inv = np.unique(proc, return_inverse=True)
-    n_after = np.bincount(inv, after, len(procs))
-    n_before = np.bincount(inv, before, len(procs))
-    return procs, n_before > n_after
-
-
-class _Done:
-    """A result already computed, with a future's `result()`."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
+    proc, n_procs = proc_of[t_tc], int(proc_of.max(initial=-1)) + 1
+    vote = np.bincount(proc, before, n_procs) > np.bincount(proc, after, n_procs)
+    return vote[proc_of]
 
 
 def _walk(c_tc, c_order, c_op, c_b1, c_b2, c_comm, t_tc, t_order, t_op, t_bytes, p_c, kinds,
-          grp, n_grp, thread_of):
+          grp, n_grp, proc_of):
     """The rest of `attach_tuning` by the compiled kernel: one walk over the records in log
     order that decides as the sorted arrays below do (the same probes and group codes). None
     where it does not apply (two records at one position in the log, negative comm codes)."""
@@ -115,7 +103,6 @@ def _walk(c_tc, c_order, c_op, c_b1, c_b2, c_comm, t_tc, t_order, t_op, t_bytes,
     p_grp = np.full(len(kinds) * n_c, -1, np.int64)  # kind k's probe of c at k * n_c + c
     kind = np.repeat(np.arange(len(kinds)), kinds)
     p_grp[kind * n_c + p_c] = grp[:len(p_c)]
-    proc_of = np.unique(thread_of >> 22, return_inverse=True)[1]
     i64 = lambda x: np.ascontiguousarray(x, np.int64)  # noqa: E731
     out = _nccl_scan._CSCAN.tuning_walk(*map(i64, (
         perm, c_tc, c_order, c_op, c_b1, c_b2, c_comm, p_grp, t_tc, t_order, t_op, t_bytes,
@@ -139,17 +126,18 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
     out = np.full(n_c, _NONE)
     if n_c == 0 or len(t_thread) == 0:
         return out
-    tc, n_threads = _codes(np.concatenate([c_thread, t_thread]))
+    codes, threads = pd.factorize(np.concatenate([c_thread, t_thread]))
+    tc, n_threads = codes.astype(np.int64, copy=False), len(threads)
     c_tc, t_tc = tc[:n_c], tc[n_c:]
-    thread_of = np.empty(n_threads, np.int64)
-    thread_of[tc] = np.concatenate([c_thread, t_thread])
-    vote = None
+    # Thread code -> dense process code (the process is the thread id's bits above 22).
+    proc_of = np.unique(threads.astype(np.int64, copy=False) >> 22, return_inverse=True)[1]
+    vote = None  # -> the per-thread-code direction (`_before_style`), when needed
     if _nccl_scan._CSCAN is None:
         # The direction vote runs on a second thread while this one sorts (numpy releases the
         # GIL).
         pool = ThreadPoolExecutor(1)
         vote = pool.submit(_before_style, c_tc, c_order, c_op, (c_b1, c_b2), t_tc, t_order,
-                           t_op, t_bytes, n_threads, thread_of)
+                           t_op, t_bytes, n_threads, proc_of).result
         pool.shutdown(wait=False)
     # Probes: (size 1 | size 2) x (the collective's own name | "no name" tuning lines).
     wild = bool((t_op < 0).any())
@@ -168,11 +156,12 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
                               np.concatenate([p_b, t_bytes]))
     if vote is None:
         got = _walk(c_tc, c_order, c_op, c_b1, c_b2, c_comm, t_tc, t_order, t_op, t_bytes,
-                    p_c, kinds, grp, n_grp, thread_of)
+                    p_c, kinds, grp, n_grp, proc_of)
         if got is not None:
             return got
-        vote = _Done(_before_style(c_tc, c_order, c_op, (c_b1, c_b2), t_tc, t_order, t_op,
-                                   t_bytes, n_threads, thread_of))
+        per_thread = _before_style(c_tc, c_order, c_op, (c_b1, c_b2), t_tc, t_order, t_op,
+                                   t_bytes, n_threads, proc_of)
+        vote = lambda: per_thread  # noqa: E731
     # Group by group, each group in log order (the group order itself does not matter: every
     # step below only looks within a group).
     perm = _by_group(np.concatenate([c_order[p_c], t_order]), grp, n_grp)
@@ -191,12 +180,7 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
     b_ok = prev >= 0
     b_ok[b_ok] = is_t[prev[b_ok]] & (grp[prev[b_ok]] == grp[probe_pos[b_ok]])
     probe_c = p_c[perm[probe_pos]]
-    procs, before = vote.result()
-    pos = np.searchsorted(procs, thread_of >> 22)
-    hit = (pos < len(procs)) & (procs[np.minimum(pos, len(procs) - 1)] == thread_of >> 22)
-    per_thread = np.zeros(n_threads, bool)
-    per_thread[hit] = before[pos[hit]]
-    use_before = per_thread[c_tc[probe_c]]
+    use_before = vote()[c_tc[probe_c]]
     chosen = np.where(use_before, prev, after)
     ok = np.where(use_before, b_ok, a_ok)
     if not ok.any():
