@@ -11,14 +11,14 @@ import importlib
 import os
 from types import ModuleType
 
-__all__ = ["native", "DISABLED"]
+__all__ = ["native"]
 
-DISABLED = os.environ.get("COMMSCOPE_NO_NATIVE", "") not in ("", "0")
+_DISABLED = os.environ.get("COMMSCOPE_NO_NATIVE", "") not in ("", "0")
 
 
 def native(name: str) -> ModuleType | None:
     """The compiled module `commscope.profiler.<name>`, or None (not built, or disabled)."""
-    if DISABLED:
+    if _DISABLED:
         return None
     try:
         return importlib.import_module(f"{__package__}.{name}")
