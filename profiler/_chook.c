@@ -2,14 +2,17 @@
  *
  * `Hook` is the callable installed in place of a simple torch.distributed collective
  * (all_reduce, all_gather_into_tensor, reduce_scatter_tensor, all_to_all_single, barrier ...).
- * For the common call -- blocking, no CUDA timing, group and counter already known -- it does in
- * C what the Python wrapper's fast path does: entry tuple in the busy slot while the call runs,
- * then one packed int64 record appended to each session's `Records` buffer. Every other case
- * (async, CUDA timing, unknown group, unusual arguments, values beyond int64) is handed to the
- * Python wrapper `slow` before anything is recorded, or to `raw`/`fail` after the call, so the
- * two paths write the same rows. `tests/test_native_hook.py` compares them field by field.
+ * For the common call -- blocking, no CUDA timing, group and counter already known, every field
+ * an int64 -- it does in C what the Python wrapper's fast path does, without making a Python
+ * object of its own: the entry is a slot of the recorder's `Busy` map while the call runs (a
+ * timed flush writes it as 'started'), the counters are `Counter`s read unboxed, and one packed
+ * int64 record is appended to each session's `Records` buffer, whose flush threshold it carries.
+ * Every other case (async, CUDA timing, unknown group, unusual arguments, values beyond int64)
+ * is handed to the Python wrapper `slow` before anything is recorded, or to `raw`/`fail` after
+ * the call, so the two paths write the same rows. `tests/test_native_hook.py` compares them
+ * field by field.
  *
- * `Records` (_chook_records.c) is a growable int64 buffer, the session's `ColumnBuffer.ints`.
+ * `Records` is in _chook_records.c, `Busy` and `Counter` in _chook_state.c.
  */
 #include "_chook.h"
 #include <pythread.h>
@@ -47,6 +50,22 @@ static PyObject *records_of(PyObject *s) {
     return ints;
 }
 
+/* Append `recd` to a buffer that is not a Records (an array('q') with `flush_at`, as the
+ * pure-Python path makes); 1 if it is due for a flush, 0 if not, -1 on error. */
+static int append_other(PyObject *ints, const int64_t *recd) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)recd, NFIELDS * 8);
+    PyObject *ok = b ? PyObject_CallMethodOneArg(ints, s_frombytes, b) : NULL;
+    Py_XDECREF(b);
+    if (!ok) return -1;
+    Py_DECREF(ok);
+    Py_ssize_t len = PyObject_Size(ints);
+    PyObject *n = len < 0 ? NULL : PyLong_FromSsize_t(len);
+    PyObject *at = n ? PyObject_GetAttr(ints, s_flush_at) : NULL;
+    int due = at ? PyObject_RichCompareBool(n, at, Py_GE) : -1;
+    Py_XDECREF(n); Py_XDECREF(at);
+    return due;
+}
+
 /* Append one record to every recording session; flush those over their threshold. A session's
  * buffer is looked up once and kept (a session keeps its ColumnBuffer for life); the session
  * itself is held by a weak reference, so a closed session is not kept alive by the cache. */
@@ -69,141 +88,157 @@ static int append_all(Hook *h, const int64_t *recd) {
                 PyErr_Clear(); /* a session without weak references: looked up every call */
             }
         }
-        Py_ssize_t len;
+        int due;
         if (Py_IS_TYPE(ints, &RecordsType)) {
             Records *r = (Records *)ints;
-            if (records_reserve(r, NFIELDS) < 0) { Py_DECREF(ints); Py_DECREF(s); return -1; }
-            memcpy(r->data + r->n, recd, NFIELDS * sizeof(int64_t));
-            r->n += NFIELDS;
-            len = r->n;
-        } else { /* array('q') when a session was opened before this module loaded */
-            PyObject *b = PyBytes_FromStringAndSize((const char *)recd, NFIELDS * 8);
-            PyObject *ok = b ? PyObject_CallMethodOneArg(ints, s_frombytes, b) : NULL;
-            Py_XDECREF(b);
-            if (!ok) { Py_DECREF(ints); Py_DECREF(s); return -1; }
-            Py_DECREF(ok);
-            len = PyObject_Size(ints);
-            if (len < 0) { Py_DECREF(ints); Py_DECREF(s); return -1; }
+            due = records_reserve(r, NFIELDS);
+            if (due == 0) {
+                memcpy(r->data + r->n, recd, NFIELDS * sizeof(int64_t));
+                r->n += NFIELDS;
+                due = r->n >= r->flush_at;
+            }
+        } else {
+            due = append_other(ints, recd);
         }
         Py_DECREF(ints);
-        /* `_flush_at` may exceed any size ("never flush by count"): compare as Python does. */
-        PyObject *fa = PyObject_GetAttr(s, s_flush_at);
-        if (!fa) { Py_DECREF(s); return -1; }
-        int overflow;
-        long long flush_at = PyLong_AsLongLongAndOverflow(fa, &overflow);
-        Py_DECREF(fa);
-        if (flush_at == -1 && PyErr_Occurred()) { Py_DECREF(s); return -1; }
-        if (overflow < 0 || (overflow == 0 && (long long)len >= flush_at)) {
+        if (due > 0) {
             PyObject *meth = PyObject_GetAttr(s, s_flush);
             PyObject *kw = meth ? Py_BuildValue("{O:O}", s_blocking, Py_False) : NULL;
             PyObject *e = PyTuple_New(0);
             PyObject *r = (meth && kw && e) ? PyObject_Call(meth, e, kw) : NULL;
             Py_XDECREF(meth); Py_XDECREF(kw); Py_XDECREF(e);
-            if (!r) { Py_DECREF(s); return -1; }
-            Py_DECREF(r);
+            due = r ? 0 : -1;
+            Py_XDECREF(r);
         }
         Py_DECREF(s);
+        if (due < 0) return -1;
     }
+    return 0;
+}
+
+/* The next value of a pg_seq/seq counter as an int64: a Counter's unboxed, anything else's
+ * through next(). -1 when there is none (an exception may be set). */
+static int take_next(PyObject *it, int64_t *out) {
+    if (Py_IS_TYPE(it, &CounterType)) {
+        Counter *c = (Counter *)it;
+        if (c->next == INT64_MAX) return -1;
+        *out = c->next++;
+        return 0;
+    }
+    PyObject *v = PyIter_Next(it);
+    if (!v) return -1;
+    int r = as_i64(v, out);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Call `fn(entry, tid, extra)` for a call the C path cannot record itself (see make_wrapper's
+ * `fail` and `raw`); a new reference to its result, or NULL. */
+static PyObject *call_back(PyObject *fn, const BusySlot *slot, PyObject *extra) {
+    PyObject *entry = entry_tuple(slot);
+    PyObject *tid = entry ? PyLong_FromUnsignedLong(slot->tid) : NULL;
+    PyObject *r = (tid && extra) ? PyObject_CallFunctionObjArgs(fn, entry, tid, extra, NULL) : NULL;
+    Py_XDECREF(entry); Py_XDECREF(tid);
+    return r;
+}
+
+/* Bind the arguments to the extractor's parameters; 0, or -1 for anything unusual. */
+static int bind(Hook *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                PyObject **bound) {
+    if (nargs > h->nparams) return -1;
+    for (Py_ssize_t i = 0; i < nargs; i++) bound[i] = args[i];
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t j = 0; j < nk; j++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, j);
+        int found = -1;
+        for (int p = 0; p < h->nparams; p++) {
+            PyObject *pn = PyTuple_GET_ITEM(h->params, p);
+            if (pn == name || PyUnicode_Compare(pn, name) == 0) { found = p; break; }
+        }
+        if (found < 0 || bound[found]) { PyErr_Clear(); return -1; }
+        bound[found] = args[nargs + j];
+    }
+    return 0;
+}
+
+/* The element counts of the call's tensor(s) as int64 and its dtype (new reference); -1 for
+ * anything the Python path should handle (no exception left set). */
+static int sizes(Hook *h, PyObject **bound, BusySlot *slot) {
+    if (h->i_count < 0) { /* barrier: no tensor */
+        slot->n = slot->in = slot->out = 0;
+        slot->dtype = Py_NewRef(Py_None);
+        return 0;
+    }
+    PyObject *tensor = bound[h->i_count];
+    if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) return -1;
+    int64_t n, other;
+    PyObject *o = PyObject_CallMethodNoArgs(tensor, s_numel);
+    int bad = !o || as_i64(o, &n);
+    Py_XDECREF(o);
+    if (!bad && h->i_other >= 0) {
+        o = PyObject_CallMethodNoArgs(bound[h->i_other], s_numel);
+        bad = !o || as_i64(o, &other);
+        Py_XDECREF(o);
+    } else {
+        other = n;
+    }
+    if (!bad) bad = !(slot->dtype = PyObject_GetAttr(tensor, s_dtype));
+    if (bad) { PyErr_Clear(); return -1; }
+    slot->n = n;
+    slot->in = h->other_is_out ? n : other;
+    slot->out = h->other_is_out ? other : n;
     return 0;
 }
 
 static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *tid = PyLong_FromUnsignedLong(PyThread_get_thread_ident());
-    if (!tid) return NULL;
-    int inside = PyDict_Contains(h->busy, tid);
-    if (inside != 0 || PyList_GET_SIZE(h->sessions) == 0) {
-        Py_DECREF(tid);
-        if (inside < 0) return NULL;
+    Busy *busy = (Busy *)h->busy;
+    unsigned long tid = PyThread_get_thread_ident();
+    if (busy_find(busy, tid) >= 0 || PyList_GET_SIZE(h->sessions) == 0)
         return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
-    }
     PyObject *cuda = PyDict_GetItemWithError(h->rec_dict, s_cuda_timing); /* borrowed */
     int timed = cuda ? PyObject_IsTrue(cuda) : -1;
-    if (timed != 0) { Py_DECREF(tid); if (timed < 0) PyErr_Clear(); goto slow; }
-    int64_t t0 = now_ns();
+    if (timed != 0) { if (timed < 0) PyErr_Clear(); goto slow; }
+    BusySlot slot = {.tid = tid, .api_idx = h->api_idx};
+    slot.t0 = now_ns();
 
-    /* Bind the arguments to the extractor's parameters; anything unusual -> Python. */
     PyObject *bound[MAXP] = {NULL};
-    if (nargs > h->nparams) { Py_DECREF(tid); goto slow; }
-    for (Py_ssize_t i = 0; i < nargs; i++) bound[i] = args[i];
-    if (kwnames) {
-        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t j = 0; j < nk; j++) {
-            PyObject *name = PyTuple_GET_ITEM(kwnames, j);
-            int found = -1;
-            for (int p = 0; p < h->nparams; p++) {
-                PyObject *pn = PyTuple_GET_ITEM(h->params, p);
-                if (pn == name || PyUnicode_Compare(pn, name) == 0) { found = p; break; }
-            }
-            if (found < 0 || bound[found]) { PyErr_Clear(); Py_DECREF(tid); goto slow; }
-            bound[found] = args[nargs + j];
-        }
-    }
-    PyObject *async_obj = h->i_async >= 0 && bound[h->i_async] ? bound[h->i_async] : Py_False;
-    int is_async = PyObject_IsTrue(async_obj);
-    if (is_async != 0) { PyErr_Clear(); Py_DECREF(tid); goto slow; }
+    if (bind(h, args, nargs, kwnames, bound) < 0 || tid > (unsigned long)INT64_MAX) goto slow;
+    int is_async = PyObject_IsTrue(
+        h->i_async >= 0 && bound[h->i_async] ? bound[h->i_async] : Py_False);
+    if (is_async != 0) { PyErr_Clear(); goto slow; }
     PyObject *group = bound[h->i_group] ? bound[h->i_group] : Py_None;
-
-    PyObject *tensor = NULL, *n = NULL, *other = NULL, *dtype = NULL;
-    if (h->i_count >= 0) {
-        tensor = bound[h->i_count];
-        if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) { Py_DECREF(tid); goto slow; }
-        n = PyObject_CallMethodNoArgs(tensor, s_numel);
-        if (n && h->i_other >= 0) other = PyObject_CallMethodNoArgs(bound[h->i_other], s_numel);
-        if (n && (h->i_other < 0 || other)) dtype = PyObject_GetAttr(tensor, s_dtype);
-        if (!dtype) {
-            PyErr_Clear();
-            Py_XDECREF(n); Py_XDECREF(other); Py_DECREF(tid);
-            goto slow;
-        }
-    } else { /* barrier: no tensor */
-        n = PyLong_FromLong(0);
-        dtype = Py_NewRef(Py_None);
-    }
-    if (!other) other = Py_NewRef(n);
-    PyObject *in_n = h->other_is_out ? n : other, *out_n = h->other_is_out ? other : n;
-
     PyObject *gi = PyDict_GetItemWithError(h->names, group); /* borrowed */
     PyObject *ctr = (gi && PyTuple_Check(gi) && PyTuple_GET_SIZE(gi) > 0)
         ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
-    if (!ctr) { /* first call in this group (or an unhashable group): Python resolves it */
-        PyErr_Clear();
-        Py_DECREF(n); Py_DECREF(other); Py_DECREF(dtype); Py_DECREF(tid);
-        goto slow;
+    PyObject *seq_it = ctr ? PyDict_GetItemWithError(h->rec_dict, s_seq) : NULL;
+    /* A group's first call (or an unhashable group), or sizes that are not int64: Python. */
+    if (!seq_it || sizes(h, bound, &slot) < 0) { PyErr_Clear(); goto slow; }
+    slot.gi = Py_NewRef(gi);
+    if (PyContextVar_Get(h->phase_var, Py_None, &slot.ph) < 0 ||
+        take_next(ctr, &slot.pg_seq) < 0 || take_next(seq_it, &slot.seq) < 0) {
+        Py_CLEAR(slot.ph);
+        goto unrecorded;
     }
-    Py_INCREF(gi);
-    PyObject *pg_seq = PyIter_Next(ctr);
-    PyObject *seq_it = pg_seq ? PyDict_GetItemWithError(h->rec_dict, s_seq) : NULL;
-    PyObject *seq = seq_it ? PyIter_Next(seq_it) : NULL;
-    PyObject *ph = NULL;
-    if (seq && PyContextVar_Get(h->phase_var, Py_None, &ph) < 0) ph = NULL;
-    PyObject *info = NULL, *entry = NULL, *t0_obj = NULL;
-    if (ph) {
-        info = PyTuple_Pack(4, dtype, n, in_n, out_n); /* what entry_row reads */
-        t0_obj = PyLong_FromLongLong(t0);
-    }
-    if (info && t0_obj) entry = PyTuple_Pack(7, h->api_idx, t0_obj, info, gi, pg_seq, seq, ph);
-    Py_XDECREF(info); Py_XDECREF(t0_obj);
-    if (!entry || PyDict_SetItem(h->busy, tid, entry) < 0) {
-        Py_XDECREF(entry); Py_XDECREF(pg_seq); Py_XDECREF(seq); Py_XDECREF(ph);
-        Py_DECREF(gi); Py_DECREF(n); Py_DECREF(other); Py_DECREF(dtype); Py_DECREF(tid);
-        /* As the Python wrapper: a failure to record never stops the collective (the other
-         * ranks wait for it); only KeyboardInterrupt and the like propagate. */
-        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
-        PyErr_Clear();
-        return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
+    /* The busy slot holds references of its own; the hook keeps these for after the call. */
+    BusySlot entry = slot;
+    Py_INCREF(entry.api_idx); Py_INCREF(entry.dtype); Py_INCREF(entry.gi); Py_INCREF(entry.ph);
+    if (busy_push(busy, &entry) < 0) {
+        Py_DECREF(entry.api_idx); Py_DECREF(entry.dtype); Py_DECREF(entry.gi);
+        Py_DECREF(entry.ph);
+        goto unrecorded;
     }
 
     PyObject *res = PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
     int64_t t1 = now_ns();
-    PyObject *ret = res;
+    Py_ssize_t at = busy_find(busy, tid); /* other threads may have moved it meanwhile */
     if (!res) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
-        if (PyDict_DelItem(h->busy, tid) < 0) PyErr_Clear();
+        if (at >= 0) busy_remove(busy, at);
         PyErr_NormalizeException(&et, &ev, &tb);
         if (tb) PyException_SetTraceback(ev, tb);
-        PyObject *r = PyObject_CallFunctionObjArgs(h->fail, entry, tid, ev, NULL);
+        PyObject *r = call_back(h->fail, &slot, ev);
         if (r) {
             Py_DECREF(r);
             PyErr_Restore(et, ev, tb);
@@ -217,53 +252,52 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
         }
         goto done;
     }
-    if (PyDict_DelItem(h->busy, tid) < 0) { Py_CLEAR(ret); goto done; }
+    if (at >= 0) busy_remove(busy, at);
 
     int64_t code, step;
-    if (h->last_dt == dtype && h->last_gi == gi && h->last_ph == ph) {
+    if (h->last_dt == slot.dtype && h->last_gi == slot.gi && h->last_ph == slot.ph) {
         code = h->last_code;
         step = h->last_step;
     } else {
-        PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, dtype, gi, ph, NULL);
-        if (!k) { Py_CLEAR(ret); goto done; }
+        PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, slot.dtype, slot.gi,
+                                                   slot.ph, NULL);
+        if (!k) { Py_CLEAR(res); goto done; }
         int ok = PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 2 &&
                  as_i64(PyTuple_GET_ITEM(k, 0), &code) == 0 &&
                  as_i64(PyTuple_GET_ITEM(k, 1), &step) == 0;
         Py_DECREF(k);
-        if (!ok) goto raw;
+        if (!ok) { /* a step beyond int64: an ordinary row instead (as the Python path) */
+            PyObject *t1_obj = PyLong_FromLongLong(t1);
+            PyObject *r = call_back(h->raw, &slot, t1_obj);
+            Py_XDECREF(t1_obj);
+            if (!r) Py_CLEAR(res);
+            Py_XDECREF(r);
+            goto done;
+        }
         /* Replace the whole cache before releasing the old values: a release can run code
          * (and let another thread in), which must never see half a cache. */
         PyObject *old_dt = h->last_dt, *old_gi = h->last_gi, *old_ph = h->last_ph;
-        h->last_dt = Py_NewRef(dtype);
-        h->last_gi = Py_NewRef(gi);
-        h->last_ph = Py_NewRef(ph);
+        h->last_dt = Py_NewRef(slot.dtype);
+        h->last_gi = Py_NewRef(slot.gi);
+        h->last_ph = Py_NewRef(slot.ph);
         h->last_code = code;
         h->last_step = step;
         Py_XDECREF(old_dt); Py_XDECREF(old_gi); Py_XDECREF(old_ph);
     }
-    {
-        int64_t recd[NFIELDS];
-        recd[0] = t0; recd[1] = t1;
-        if (as_i64(n, &recd[2]) || as_i64(in_n, &recd[3]) || as_i64(out_n, &recd[4]) ||
-            as_i64(pg_seq, &recd[5]) || as_i64(seq, &recd[6]) || as_i64(tid, &recd[7]))
-            goto raw;
-        recd[8] = step;
-        recd[9] = code;
-        if (append_all(h, recd) < 0) Py_CLEAR(ret);
-        goto done;
-    }
-raw: { /* a field that is not an int64: an ordinary row instead (as the Python path) */
-        PyObject *t1_obj = PyLong_FromLongLong(t1);
-        PyObject *r = t1_obj ? PyObject_CallFunctionObjArgs(h->raw, entry, tid, t1_obj, NULL)
-                             : NULL;
-        Py_XDECREF(t1_obj);
-        if (!r) Py_CLEAR(ret);
-        else Py_DECREF(r);
-    }
+    int64_t recd[NFIELDS] = {slot.t0, t1, slot.n, slot.in, slot.out, slot.pg_seq, slot.seq,
+                             (int64_t)tid, step, code};
+    if (append_all(h, recd) < 0) Py_CLEAR(res);
 done:
-    Py_DECREF(entry); Py_DECREF(pg_seq); Py_DECREF(seq); Py_DECREF(ph); Py_DECREF(gi);
-    Py_DECREF(n); Py_DECREF(other); Py_DECREF(dtype); Py_DECREF(tid);
-    return ret;
+    Py_DECREF(slot.dtype); Py_DECREF(slot.gi); Py_DECREF(slot.ph);
+    return res;
+
+unrecorded:
+    /* As the Python wrapper: a failure to record never stops the collective (the other ranks
+     * wait for it); only KeyboardInterrupt and the like propagate. */
+    Py_XDECREF(slot.dtype); Py_XDECREF(slot.gi);
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+    PyErr_Clear();
+    return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
 
 slow:
     return PyObject_Vectorcall(h->slow, args, nargsf, kwnames);
@@ -298,7 +332,8 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PyObject *names = groups ? PyObject_GetAttrString(groups, "_names") : NULL;
     PyObject *rec_dict = names ? PyObject_GetAttrString(rec, "__dict__") : NULL;
     Py_XDECREF(groups);
-    if (!rec_dict || !PyDict_Check(rec_dict) || !PyDict_Check(busy) || !PyList_Check(sessions) ||
+    if (!rec_dict || !PyDict_Check(rec_dict) || !Py_IS_TYPE(busy, &BusyType) ||
+        !PyList_Check(sessions) ||
         !PyDict_Check(counters) || !PyDict_Check(names) || !PyContextVar_CheckExact(phase_var)) {
         Py_XDECREF(busy); Py_XDECREF(sessions); Py_XDECREF(counters); Py_XDECREF(names);
         Py_XDECREF(rec_dict);
@@ -379,13 +414,17 @@ PyMODINIT_FUNC PyInit__chook(void) {
 #define INTERN(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
     INTERN(s_numel, "numel"); INTERN(s_dtype, "dtype"); INTERN(s_cuda_timing, "cuda_timing");
     INTERN(s_seq, "seq"); INTERN(s_cols, "_cols"); INTERN(s_ints, "ints");
-    INTERN(s_flush_at, "_flush_at"); INTERN(s_flush, "flush"); INTERN(s_frombytes, "frombytes");
+    INTERN(s_flush_at, "flush_at"); INTERN(s_flush, "flush"); INTERN(s_frombytes, "frombytes");
     INTERN(s_blocking, "blocking");
 #undef INTERN
-    if (PyType_Ready(&RecordsType) < 0 || PyType_Ready(&HookType) < 0) return NULL;
+    if (PyType_Ready(&RecordsType) < 0 || PyType_Ready(&BusyType) < 0 ||
+        PyType_Ready(&CounterType) < 0 || PyType_Ready(&HookType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&mod);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType) < 0 ||
+        PyModule_AddObjectRef(m, "Busy", (PyObject *)&BusyType) < 0 ||
+        PyModule_AddObjectRef(m, "Counter", (PyObject *)&CounterType) < 0 ||
         PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0) {
         Py_DECREF(m);
         return NULL;

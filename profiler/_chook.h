@@ -1,4 +1,4 @@
-/* Shared by the compiled hook's translation units (_chook.c, _chook_records.c). */
+/* Shared by the compiled hook's translation units (_chook.c, _chook_records.c, _chook_state.c). */
 #ifndef COMMSCOPE_CHOOK_H
 #define COMMSCOPE_CHOOK_H
 #define PY_SSIZE_T_CLEAN
@@ -13,12 +13,46 @@ typedef struct {
     int64_t *data;
     Py_ssize_t n;   /* int64 values held */
     Py_ssize_t cap;
+    int64_t flush_at; /* the session flushes once n reaches this (clamped to int64) */
 } Records;
 
-extern PyTypeObject RecordsType;
+/* One thread inside a recorded call. `value` is what Python stored (a row, an entry tuple,
+ * True); NULL marks the compiled hook's entry, whose fields are kept here unboxed. */
+typedef struct {
+    unsigned long tid;
+    PyObject *value;
+    PyObject *api_idx, *dtype, *gi, *ph; /* owned (hook entries) */
+    int64_t t0, n, in, out, pg_seq, seq;
+} BusySlot;
+
+/* The recorder's busy map: thread ident -> slot, a few threads, kept in insertion order. */
+typedef struct {
+    PyObject_HEAD
+    BusySlot *slots;
+    Py_ssize_t n, cap;
+} Busy;
+
+/* itertools.count() from 0 whose value the hook reads without boxing it. */
+typedef struct {
+    PyObject_HEAD
+    int64_t next;
+} Counter;
+
+extern PyTypeObject RecordsType, BusyType, CounterType;
 
 /* Room for `extra` more values (sets MemoryError and returns -1 if there is none). */
 int records_reserve(Records *r, Py_ssize_t extra);
+
+/* Index of `tid`'s slot, or -1. */
+Py_ssize_t busy_find(const Busy *b, unsigned long tid);
+/* Append a slot (taking over its references); -1 and MemoryError if there is no room. */
+int busy_push(Busy *b, const BusySlot *slot);
+/* Remove slot `i` and release what it held (after it is out of the table: a release can run
+ * code that looks at the table). */
+void busy_remove(Busy *b, Py_ssize_t i);
+/* A hook entry as the Python wrapper's entry tuple:
+ * (api index, t0, (dtype, count, in, out), group info, pg_seq, seq, phase). */
+PyObject *entry_tuple(const BusySlot *s);
 
 static inline int64_t now_ns(void) {
     /* time.time_ns() reads the same clock. */

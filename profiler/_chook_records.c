@@ -1,6 +1,7 @@
 /* `Records`, the session's packed-record buffer of the compiled hook (see _chook.c): a growable
  * int64 array; the hook appends a record with one memcpy, `take()` hands the writer everything
- * so far as bytes. */
+ * so far as bytes. It carries the session's flush threshold (`flush_at`), so the hook compares
+ * two C integers per call. */
 #include "_chook.h"
 #include <string.h>
 
@@ -46,6 +47,31 @@ static PyObject *records_take(Records *r, PyObject *unused) {
 
 static Py_ssize_t records_len(Records *r) { return r->n; }
 
+static PyObject *records_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Records *r = (Records *)PyType_GenericNew(type, args, kw);
+    if (r) r->flush_at = INT64_MAX; /* never, until the session sets it */
+    return (PyObject *)r;
+}
+
+static PyObject *records_get_flush_at(Records *r, void *unused) {
+    return PyLong_FromLongLong(r->flush_at);
+}
+
+static int records_set_flush_at(Records *r, PyObject *v, void *unused) {
+    if (!v) { PyErr_SetString(PyExc_AttributeError, "flush_at cannot be deleted"); return -1; }
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    /* Beyond int64 ("never flush by count", e.g. sys.maxsize events): the nearest int64. */
+    r->flush_at = overflow > 0 ? INT64_MAX : overflow < 0 ? INT64_MIN : x;
+    return 0;
+}
+
+static PyGetSetDef records_getset[] = {
+    {"flush_at", (getter)records_get_flush_at, (setter)records_set_flush_at,
+     "Length (int64 values) at which the session flushes; clamped to int64.", NULL},
+    {NULL}};
+
 static PyMethodDef records_methods[] = {
     {"frombytes", (PyCFunction)records_frombytes, METH_O,
      "Append native-endian int64 values (whole records)."},
@@ -64,5 +90,6 @@ PyTypeObject RecordsType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A session's packed records (int64 values, _columns.FIELDS per record).",
     .tp_methods = records_methods,
-    .tp_new = PyType_GenericNew,
+    .tp_getset = records_getset,
+    .tp_new = records_new,
 };

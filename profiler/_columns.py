@@ -14,6 +14,7 @@ metadata) or do not fit in int64 stay Python rows (`_rows.R`), written next to t
 
 from __future__ import annotations
 
+import sys
 import threading
 from array import array
 from struct import Struct
@@ -72,15 +73,23 @@ class KeyTable:
         return list(self.keys)
 
 
+class _Records(array):
+    """The pure-Python `Records`: an array('q') with the session's flush threshold."""
+
+    flush_at = sys.maxsize  # until the session sets it
+
+
 class ColumnBuffer:
     """A session's packed records (`FIELDS`, int64 each) since the last flush: `ints` is the
     compiled hook's `Records` when it is built (the hook appends in C), else an `array('q')`;
-    both take `frombytes(record)` and `len()` in int64 values."""
+    both take `frombytes(record)` and `len()` in int64 values, and carry `flush_at`: the
+    length at which the hot path flushes the session (so it compares two numbers of one
+    object)."""
 
     __slots__ = ("ints",)
 
     def __init__(self) -> None:
-        self.ints = _chook.Records() if _chook is not None else array("q")
+        self.ints = _chook.Records() if _chook is not None else _Records("q")
 
     def take(self) -> np.ndarray:
         """Remove the records appended so far and return them as an (n, K) int64 array.
@@ -91,7 +100,7 @@ class ColumnBuffer:
         append fail.
         """
         ints = self.ints
-        if type(ints) is array:
+        if isinstance(ints, array):
             n = len(ints)
             data = ints[:n]
             del ints[:n]

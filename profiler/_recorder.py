@@ -18,7 +18,7 @@ import threading
 from time import time_ns
 from typing import Any
 
-from ._columns import K, KeyTable
+from ._columns import K, KeyTable, _chook
 from ._cuda_events import cuda_available, end_event, start_event
 from ._groups import GroupRegistry
 from ._ops import P2P_RECV, P2P_SEND
@@ -31,6 +31,9 @@ from ._wrappers import entry_row
 __all__ = ["RECORDER", "Recorder"]
 
 _get_ident = threading.get_ident
+# The compiled busy map and counter where the hook is built; the same interfaces as these.
+_Busy = _chook.Busy if _chook is not None else dict
+_Counter = _chook.Counter if _chook is not None else itertools.count
 
 _BATCH_SEND = register_api("batch_isend_irecv", P2P_SEND)
 _BATCH_RECV = register_api("batch_isend_irecv", P2P_RECV)
@@ -39,17 +42,21 @@ _BATCH_RECV = register_api("batch_isend_irecv", P2P_RECV)
 class Recorder:
     """Process-wide hook state: installed patches, counters, pending async work, sessions."""
 
+    #: A fresh seq/pg_seq counter: 0, 1, 2, ... (the compiled hook reads a `Counter` unboxed).
+    new_counter = _Counter
+
     def __init__(self) -> None:
         self.sessions: list[Any] = []
         self.paused: list[Any] = []  # open sessions not recording: they keep the hooks installed
-        # Threads inside a recorded call (thread ident -> the call's row, or True for calls not
-        # recorded at entry): inner calls torch makes are not recorded again, and a timed flush
-        # writes the rows of calls that have not returned. A dict keyed by get_ident() is cheaper
-        # than threading.local here.
-        self.busy: dict[int, Any] = {}
+        # Threads inside a recorded call (thread ident -> the call's row or entry tuple, or True
+        # for calls not recorded at entry): inner calls torch makes are not recorded again, and
+        # a timed flush writes the rows of calls that have not returned. A map keyed by
+        # get_ident() is cheaper than threading.local here; the compiled one keeps the compiled
+        # hook's entries unboxed.
+        self.busy: dict[int, Any] = _Busy()
         self.groups = GroupRegistry()
-        self.seq = itertools.count()
-        self.counters: dict[Any, itertools.count] = {}
+        self.seq = self.new_counter()
+        self.counters: dict[Any, Any] = {}  # pg_seq counter key -> new_counter()
         self.work = WorkTracker()
         self.keys = KeyTable()  # interned fields of packed records (never reset: codes persist)
         self.pending_tensors = self.work.pending_tensors  # id(tensor) -> (tensor, rows)
@@ -91,7 +98,7 @@ class Recorder:
                 self.sessions.append(session)
 
     def _reset_counters(self) -> None:
-        self.seq = itertools.count()
+        self.seq = self.new_counter()
         self.counters.clear()  # cleared in place: the wrappers hold the dict
         self.groups.clear()
         self.rank = None
@@ -140,7 +147,7 @@ class Recorder:
     def _next_pg_seq(self, key: Any) -> int:
         counter = self.counters.get(key)
         if counter is None:
-            counter = self.counters.setdefault(key, itertools.count())
+            counter = self.counters.setdefault(key, self.new_counter())
         return next(counter)
 
     def begin(self, api_idx: int, info: tuple, t0: int, ev: Any) -> list:
@@ -245,8 +252,9 @@ class Recorder:
         """Hand a completed or pending raw row to every recording session."""
         for s in self.sessions:
             s._buf.append(row)
-            s._flush_at -= K  # one raw row: one event less for the packed records
-            if len(s._cols.ints) >= s._flush_at:  # the hot path's test: flush_events in all
+            ints = s._cols.ints
+            ints.flush_at -= K  # one raw row: one event less for the packed records
+            if len(ints) >= ints.flush_at:  # the hot path's test: flush_events in all
                 s.flush(blocking=False)
 
 

@@ -64,10 +64,10 @@ class TraceSession:
         self.parts = 0
         self._buf: list = []  # raw rows (`_rows.R`): async, unusual and engine calls
         self._cols = ColumnBuffer()  # packed records of ordinary calls
-        # Length of the packed buffer (in int64 values) at which the hot path flushes: the
+        # The length of the packed buffer (in int64 values) at which the hot path flushes: the
         # flush_events budget less the raw rows buffered (each raw row lowers it by K), so the
-        # hot path compares one number.
-        self._flush_at = self.flush_events * K
+        # hot path compares one number, kept on the buffer itself.
+        self._cols.ints.flush_at = self.flush_events * K
         self._carry: list = []
         self._lock = threading.Lock()         # one flush at a time
         self._close_lock = threading.Lock()   # a second close waits for the first
@@ -164,7 +164,7 @@ class TraceSession:
         n = len(buf)
         chunk = self._carry + buf[:n]
         del buf[:n]  # rows appended meanwhile by other threads stay in the buffer
-        self._flush_at = (self.flush_events - len(buf)) * K
+        self._cols.ints.flush_at = (self.flush_events - len(buf)) * K
         ready, pending = [], []
         for row in chunk:
             if row[R.TEND] is not None:

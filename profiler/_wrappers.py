@@ -9,7 +9,6 @@ and hand every other case to the Python wrapper below.
 from __future__ import annotations
 
 import functools
-import itertools
 import threading
 from struct import error as struct_error
 from time import time_ns
@@ -40,6 +39,7 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
     infos_get = rec.groups._names.get
     resolve_info = rec.groups.resolve_info
     counters = rec.counters
+    new_counter = rec.new_counter
     phase_get = _CURRENT.get
     key_code = rec.keys.code
     # The last (dtype, group, phase, key code, step) of this API, as one tuple so that threads
@@ -74,7 +74,7 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
                     gi = resolve_info(g)
                 c = counters.get(gi[0])
                 if c is None:
-                    c = counters.setdefault(gi[0], itertools.count())
+                    c = counters.setdefault(gi[0], new_counter())
                 pg_seq, seq, ph = next(c), next(rec.seq), phase_get()
                 entry = (api_idx, t0, info, gi, pg_seq, seq, ph)
                 busy[tid] = entry
@@ -115,7 +115,7 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
         for s in sessions:
             ints = s._cols.ints
             ints.frombytes(packed)
-            if len(ints) >= s._flush_at:  # see TraceSession._flush_at
+            if len(ints) >= ints.flush_at:  # see TraceSession.__init__
                 s.flush(blocking=False)
         return res
 

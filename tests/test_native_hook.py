@@ -102,7 +102,7 @@ def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch, f
         _use_python_path(m)
         python, py_hooked, py_errors, py_parts = _record(tmp_path, "python", g, flush_events)
     assert parts == py_parts == (5 if flush_events == 5 else 1)
-    assert py_hooked == ("function", "array")
+    assert py_hooked == ("function", "_Records")
     assert errors == py_errors and len(errors) == 2
     assert len(native) == 24
     assert native["api"].value_counts().to_dict() == {
