@@ -37,6 +37,10 @@ typedef struct {
     int64_t last_code, last_step;
     PyObject *cached_session, *cached_ints; /* a weak reference to the session; its buffer */
     PyObject *rec_dict; /* rec.__dict__: cuda_timing and seq are read from it directly */
+    /* torch.Tensor, TensorBase's dtype getter and numel method (or NULL): called directly on
+     * an exact Tensor while the type is unmodified (its version tag is still `tensor_tag`). */
+    PyObject *tensor_type, *dtype_get, *numel_meth;
+    unsigned int tensor_tag;
 } Hook;
 
 static PyObject *s_numel, *s_dtype, *s_cuda_timing, *s_seq, *s_cols, *s_ints, *s_flush_at,
@@ -151,14 +155,25 @@ static int bind(Hook *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     for (Py_ssize_t j = 0; j < nk; j++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, j);
         int found = -1;
-        for (int p = 0; p < h->nparams; p++) {
-            PyObject *pn = PyTuple_GET_ITEM(h->params, p);
-            if (pn == name || PyUnicode_Compare(pn, name) == 0) { found = p; break; }
-        }
+        for (int p = 0; p < h->nparams && found < 0; p++) /* names are interned: identity */
+            if (PyTuple_GET_ITEM(h->params, p) == name) found = p;
+        for (int p = 0; p < h->nparams && found < 0; p++)
+            if (PyUnicode_Compare(PyTuple_GET_ITEM(h->params, p), name) == 0) found = p;
         if (found < 0 || bound[found]) { PyErr_Clear(); return -1; }
         bound[found] = args[nargs + j];
     }
     return 0;
+}
+
+static inline int plain_tensor(Hook *h, PyObject *t) {
+    return h->tensor_type && Py_TYPE(t) == (PyTypeObject *)h->tensor_type &&
+           ((PyTypeObject *)h->tensor_type)->tp_version_tag == h->tensor_tag;
+}
+
+/* t.numel() (new reference): the method itself on a plain Tensor, skipping the lookup. */
+static PyObject *numel_of(Hook *h, PyObject *t) {
+    if (plain_tensor(h, t)) return PyObject_Vectorcall(h->numel_meth, &t, 1, NULL);
+    return PyObject_CallMethodNoArgs(t, s_numel);
 }
 
 /* The element counts of the call's tensor(s) as int64 and its dtype (new reference); -1 for
@@ -172,22 +187,76 @@ static int sizes(Hook *h, PyObject **bound, BusySlot *slot) {
     PyObject *tensor = bound[h->i_count];
     if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) return -1;
     int64_t n, other;
-    PyObject *o = PyObject_CallMethodNoArgs(tensor, s_numel);
+    PyObject *o = numel_of(h, tensor);
     int bad = !o || as_i64(o, &n);
     Py_XDECREF(o);
     if (!bad && h->i_other >= 0) {
-        o = PyObject_CallMethodNoArgs(bound[h->i_other], s_numel);
+        o = numel_of(h, bound[h->i_other]);
         bad = !o || as_i64(o, &other);
         Py_XDECREF(o);
     } else {
         other = n;
     }
-    if (!bad) bad = !(slot->dtype = PyObject_GetAttr(tensor, s_dtype));
+    if (!bad)
+        bad = !(slot->dtype = plain_tensor(h, tensor)
+            ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor, h->tensor_type)
+            : PyObject_GetAttr(tensor, s_dtype));
     if (bad) { PyErr_Clear(); return -1; }
     slot->n = n;
     slot->in = h->other_is_out ? n : other;
     slot->out = h->other_is_out ? other : n;
     return 0;
+}
+
+/* Same phase name and path: only the step differs (a decode loop makes a new PhaseFrame, a
+ * NamedTuple (name, path, step), per step). */
+static int same_phase_but_step(PyObject *a, PyObject *b) {
+    if (a == b) return 1;
+    if (!a || a == Py_None || b == Py_None || Py_TYPE(a) != Py_TYPE(b) || !PyTuple_Check(a) ||
+        PyTuple_GET_SIZE(a) != 3 || PyTuple_GET_SIZE(b) != 3)
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        PyObject *x = PyTuple_GET_ITEM(a, i), *y = PyTuple_GET_ITEM(b, i);
+        if (x != y && !(PyUnicode_CheckExact(x) && PyUnicode_CheckExact(y) &&
+                        PyUnicode_Compare(x, y) == 0))
+            return 0;
+    }
+    return 1;
+}
+
+/* The key code and step of a call (see make_wrapper's `last`): from the last call's key when
+ * the dtype, group and phase name/path are the same, else from `key_code`. 1 when known, 0 when
+ * a value is not an int64 (the call becomes a raw row), -1 on error. */
+static int key_of(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
+    if (h->last_dt == s->dtype && h->last_gi == s->gi && same_phase_but_step(h->last_ph, s->ph)) {
+        *code = h->last_code;
+        if (h->last_ph == s->ph) {
+            *step = h->last_step;
+            return 1;
+        }
+        PyObject *st = PyTuple_GET_ITEM(s->ph, 2);
+        if (st == Py_None) *step = NO_STEP;
+        else if (as_i64(st, step) < 0) return 0;
+    } else {
+        PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, s->dtype, s->gi,
+                                                   s->ph, NULL);
+        if (!k) return -1;
+        int ok = PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 2 &&
+                 as_i64(PyTuple_GET_ITEM(k, 0), code) == 0 &&
+                 as_i64(PyTuple_GET_ITEM(k, 1), step) == 0;
+        Py_DECREF(k);
+        if (!ok) return 0;
+    }
+    /* Replace the whole cache before releasing the old values: a release can run code (and
+     * let another thread in), which must never see half a cache. */
+    PyObject *old_dt = h->last_dt, *old_gi = h->last_gi, *old_ph = h->last_ph;
+    h->last_dt = Py_NewRef(s->dtype);
+    h->last_gi = Py_NewRef(s->gi);
+    h->last_ph = Py_NewRef(s->ph);
+    h->last_code = *code;
+    h->last_step = *step;
+    Py_XDECREF(old_dt); Py_XDECREF(old_gi); Py_XDECREF(old_ph);
+    return 1;
 }
 
 static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
@@ -255,34 +324,15 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     if (at >= 0) busy_remove(busy, at);
 
     int64_t code, step;
-    if (h->last_dt == slot.dtype && h->last_gi == slot.gi && h->last_ph == slot.ph) {
-        code = h->last_code;
-        step = h->last_step;
-    } else {
-        PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, slot.dtype, slot.gi,
-                                                   slot.ph, NULL);
-        if (!k) { Py_CLEAR(res); goto done; }
-        int ok = PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 2 &&
-                 as_i64(PyTuple_GET_ITEM(k, 0), &code) == 0 &&
-                 as_i64(PyTuple_GET_ITEM(k, 1), &step) == 0;
-        Py_DECREF(k);
-        if (!ok) { /* a step beyond int64: an ordinary row instead (as the Python path) */
-            PyObject *t1_obj = PyLong_FromLongLong(t1);
-            PyObject *r = call_back(h->raw, &slot, t1_obj);
-            Py_XDECREF(t1_obj);
-            if (!r) Py_CLEAR(res);
-            Py_XDECREF(r);
-            goto done;
-        }
-        /* Replace the whole cache before releasing the old values: a release can run code
-         * (and let another thread in), which must never see half a cache. */
-        PyObject *old_dt = h->last_dt, *old_gi = h->last_gi, *old_ph = h->last_ph;
-        h->last_dt = Py_NewRef(slot.dtype);
-        h->last_gi = Py_NewRef(slot.gi);
-        h->last_ph = Py_NewRef(slot.ph);
-        h->last_code = code;
-        h->last_step = step;
-        Py_XDECREF(old_dt); Py_XDECREF(old_gi); Py_XDECREF(old_ph);
+    int known = key_of(h, &slot, &code, &step);
+    if (known < 0) { Py_CLEAR(res); goto done; }
+    if (!known) { /* a step beyond int64: an ordinary row instead (as the Python path) */
+        PyObject *t1_obj = PyLong_FromLongLong(t1);
+        PyObject *r = call_back(h->raw, &slot, t1_obj);
+        Py_XDECREF(t1_obj);
+        if (!r) Py_CLEAR(res);
+        Py_XDECREF(r);
+        goto done;
     }
     int64_t recd[NFIELDS] = {slot.t0, t1, slot.n, slot.in, slot.out, slot.pg_seq, slot.seq,
                              (int64_t)tid, step, code};
@@ -306,14 +356,25 @@ slow:
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"orig", "slow", "rec", "api_idx", "params", "count", "other",
                              "other_is_out", "group", "async_op", "key_code", "phase_var",
-                             "fail", "raw", NULL};
+                             "fail", "raw", "tensor", NULL};
     PyObject *orig, *slow, *rec, *api_idx, *params, *key_code, *phase_var, *fail, *raw;
+    PyObject *tensor = Py_None;
     int i_count, i_other, other_is_out, i_group, i_async;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO!iipiiOOOO", kwlist, &orig, &slow, &rec,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO!iipiiOOOO|$O", kwlist, &orig, &slow, &rec,
                                      &api_idx, &PyTuple_Type, &params, &i_count, &i_other,
                                      &other_is_out, &i_group, &i_async, &key_code, &phase_var,
-                                     &fail, &raw))
+                                     &fail, &raw, &tensor))
         return NULL;
+    PyObject *tensor_type = NULL, *dtype_get = NULL, *numel_meth = NULL;
+    if (tensor != Py_None) { /* (torch.Tensor, TensorBase.dtype, TensorBase.numel) */
+        if (!PyArg_ParseTuple(tensor, "O!OO;Hook: tensor=(type, dtype getter, numel method)",
+                              &PyType_Type, &tensor_type, &dtype_get, &numel_meth))
+            return NULL;
+        if (!Py_TYPE(dtype_get)->tp_descr_get) {
+            PyErr_SetString(PyExc_TypeError, "Hook: the dtype getter is not a descriptor");
+            return NULL;
+        }
+    }
     Py_ssize_t np = PyTuple_GET_SIZE(params);
     if (np > MAXP || i_group < 0 || i_group >= np || i_count >= np || i_other >= np ||
         i_async >= np || (i_other >= 0 && i_count < 0)) {
@@ -353,6 +414,17 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     h->key_code = Py_NewRef(key_code); h->phase_var = Py_NewRef(phase_var);
     h->fail = Py_NewRef(fail); h->raw = Py_NewRef(raw);
     h->api_idx = Py_NewRef(api_idx); h->params = Py_NewRef(params);
+    if (tensor_type) { /* a lookup gives the type a valid version tag (0 is never one) */
+        PyObject *probe = PyObject_GetAttr(tensor_type, s_dtype);
+        if (!probe) { Py_DECREF(h); return NULL; }
+        Py_DECREF(probe);
+        h->tensor_tag = ((PyTypeObject *)tensor_type)->tp_version_tag;
+        if (h->tensor_tag) {
+            h->tensor_type = Py_NewRef(tensor_type);
+            h->dtype_get = Py_NewRef(dtype_get);
+            h->numel_meth = Py_NewRef(numel_meth);
+        }
+    }
     h->nparams = (int)np; h->i_count = i_count; h->i_other = i_other;
     h->other_is_out = other_is_out; h->i_group = i_group; h->i_async = i_async;
     return (PyObject *)h;
@@ -361,7 +433,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 /* Every object field, once: traverse and clear expand the same list. */
 #define HOOK_OBJECTS(X) X(dict) X(orig) X(slow) X(busy) X(sessions) X(counters) X(names) \
     X(key_code) X(phase_var) X(fail) X(raw) X(api_idx) X(params) X(last_dt) X(last_gi) X(last_ph) \
-    X(cached_session) X(cached_ints) X(rec_dict)
+    X(cached_session) X(cached_ints) X(rec_dict) X(tensor_type) X(dtype_get) X(numel_meth)
 
 static int hook_traverse(Hook *h, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(h->field);

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #define NFIELDS 10 /* _columns.FIELDS */
+#define NO_STEP INT64_MIN /* _columns.NO_STEP: a call outside any phase with a step */
 
 typedef struct {
     PyObject_HEAD

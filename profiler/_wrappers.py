@@ -9,6 +9,7 @@ and hand every other case to the Python wrapper below.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from struct import error as struct_error
 from time import time_ns
@@ -130,10 +131,24 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
         count=params.index(count) if count else -1, other=params.index(other) if other else -1,
         other_is_out=other_is_out, group=params.index("group"),
         async_op=params.index("async_op"), key_code=key_code, phase_var=_CURRENT, fail=fail,
-        raw=raw)
+        raw=raw, tensor=_plain_tensor())
     functools.update_wrapper(hook, orig)
     hook.__commscope_original__ = orig
     return hook
+
+
+def _plain_tensor() -> tuple | None:
+    """(torch.Tensor, its dtype getter, its numel method) when torch.Tensor takes both from
+    TensorBase unchanged: the compiled hook then calls them directly on exact Tensors (skipping
+    two attribute lookups per call) for as long as the type is not modified."""
+    import torch
+
+    base = vars(torch._C.TensorBase)
+    dtype, numel = base.get("dtype"), base.get("numel")
+    if (dtype is None or numel is None or inspect.getattr_static(torch.Tensor, "dtype") is not dtype
+            or inspect.getattr_static(torch.Tensor, "numel") is not numel):
+        return None
+    return torch.Tensor, dtype, numel
 
 
 def entry_row(entry: tuple, tid: int) -> list:

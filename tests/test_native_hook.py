@@ -71,6 +71,10 @@ def _workload(g, errors: list) -> None:
             dist.all_reduce(h)
             dist.all_to_all_single(torch.empty(8), torch.ones(8))
             dist.all_to_all_single(torch.empty(5), torch.ones(8), [2, 1, 1, 1], [2, 2, 2, 2])
+    with profiler.phase("generate"):  # nested: each step's path is a new, equal string
+        for step in (7, None, 2**62):
+            with profiler.phase("decode", step=step):
+                dist.all_reduce(h)
     dist.barrier()
     dist.barrier(group=g)
     dist.all_reduce(t, async_op=True).wait()  # async: the Python path records it
@@ -101,18 +105,19 @@ def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch, f
     with monkeypatch.context() as m:
         _use_python_path(m)
         python, py_hooked, py_errors, py_parts = _record(tmp_path, "python", g, flush_events)
-    assert parts == py_parts == (5 if flush_events == 5 else 1)
+    assert parts == py_parts == (6 if flush_events == 5 else 1)
     assert py_hooked == ("function", "_Records")
     assert errors == py_errors and len(errors) == 2
-    assert len(native) == 24
+    assert len(native) == 27
     assert native["api"].value_counts().to_dict() == {
-        "all_reduce": 10, "all_to_all_single": 6, "all_gather_into_tensor": 2,
+        "all_reduce": 13, "all_to_all_single": 6, "all_gather_into_tensor": 2,
         "reduce_scatter_tensor": 2, "barrier": 2, "_all_gather_base": 1, "all_gather": 1}
     assert native["bytes"].tolist()[:4] == [24, 24, 6, 24]
     assert native["pg_size"].tolist()[:4] == [WORLD, WORLD, WORLD, 2]
-    assert native["step"].dropna().tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert native["step"].dropna().tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 7, 2**62]
+    assert native["phase_path"].tolist()[18:21] == ["generate/decode"] * 3
     assert native["error"].notna().sum() == 1  # the bad op; the bad tensor is never recorded
-    assert native["seq"].tolist() == list(range(24))
+    assert native["seq"].tolist() == list(range(27))
     # Every column but the clocks, value for value (dtypes too).
     assert native.columns.tolist() == python.columns.tolist()
     tn, tp = (pa.Table.from_pandas(df, preserve_index=False) for df in (native, python))
@@ -166,6 +171,26 @@ def test_index_ints_become_a_packed_record(tmp_path, path):
     s, buffered = _call_wrapped(tmp_path, path, _IndexSized())
     assert buffered == (20, 0)
     assert session_events(s)["count"].tolist() == [1, 7]
+
+
+def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path):
+    """The compiled hook calls TensorBase's dtype and numel directly on a plain Tensor; a
+    subclass, or torch.Tensor once modified, is asked the ordinary way."""
+
+    class Counted(torch.Tensor):
+        def numel(self) -> int:
+            return 5
+
+    t = torch.ones(3)
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(t)
+        dist.all_reduce(t)
+        dist.all_reduce(torch.ones(3).as_subclass(Counted))
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(torch.Tensor, "numel", lambda self: 11)
+            dist.all_reduce(t)
+        dist.all_reduce(t)
+    assert session_events(s)["count"].tolist() == [3, 3, 5, 11, 3]
 
 
 @built
