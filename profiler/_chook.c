@@ -12,7 +12,8 @@
  * the call, so the two paths write the same rows. `tests/test_native_hook.py` compares them
  * field by field.
  *
- * `Records` is in _chook_records.c, `Busy` and `Counter` in _chook_state.c.
+ * `Records` and appending to it are in _chook_records.c, `Busy` and `Counter` in _chook_state.c,
+ * reading the call's arguments in _chook_call.c.
  */
 #include "_chook.h"
 #include <pythread.h>
@@ -21,104 +22,10 @@
 #include <string.h>
 #include <time.h>
 
-#define MAXP 8     /* parameters of the hooked signatures */
-
 /* ---------------------------------------------------------------------------- Hook */
 
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *dict;
-    PyObject *orig, *slow, *busy, *sessions, *counters, *names, *key_code, *phase_var;
-    PyObject *fail, *raw, *api_idx, *params;
-    int nparams, i_count, i_other, other_is_out, i_group, i_async;
-    /* The last (dtype, group info, phase) and its key code and step (see make_wrapper). */
-    PyObject *last_dt, *last_gi, *last_ph;
-    int64_t last_code, last_step;
-    PyObject *cached_session, *cached_ints; /* a weak reference to the session; its buffer */
-    PyObject *rec_dict; /* rec.__dict__: cuda_timing and seq are read from it directly */
-    /* torch.Tensor, TensorBase's dtype getter and numel method (or NULL): called directly on
-     * an exact Tensor while the type is unmodified (its version tag is still `tensor_tag`). */
-    PyObject *tensor_type, *dtype_get, *numel_meth;
-    unsigned int tensor_tag;
-} Hook;
-
-static PyObject *s_numel, *s_dtype, *s_cuda_timing, *s_seq, *s_cols, *s_ints, *s_flush_at,
+PyObject *s_numel, *s_dtype, *s_cuda_timing, *s_seq, *s_cols, *s_ints, *s_flush_at,
     *s_flush, *s_frombytes, *s_blocking;
-
-/* The Records buffer of session `s` (new reference): `s._cols.ints`. */
-static PyObject *records_of(PyObject *s) {
-    PyObject *cols = PyObject_GetAttr(s, s_cols);
-    PyObject *ints = cols ? PyObject_GetAttr(cols, s_ints) : NULL;
-    Py_XDECREF(cols);
-    return ints;
-}
-
-/* Append `recd` to a buffer that is not a Records (an array('q') with `flush_at`, as the
- * pure-Python path makes); 1 if it is due for a flush, 0 if not, -1 on error. */
-static int append_other(PyObject *ints, const int64_t *recd) {
-    PyObject *b = PyBytes_FromStringAndSize((const char *)recd, NFIELDS * 8);
-    PyObject *ok = b ? PyObject_CallMethodOneArg(ints, s_frombytes, b) : NULL;
-    Py_XDECREF(b);
-    if (!ok) return -1;
-    Py_DECREF(ok);
-    Py_ssize_t len = PyObject_Size(ints);
-    PyObject *n = len < 0 ? NULL : PyLong_FromSsize_t(len);
-    PyObject *at = n ? PyObject_GetAttr(ints, s_flush_at) : NULL;
-    int due = at ? PyObject_RichCompareBool(n, at, Py_GE) : -1;
-    Py_XDECREF(n); Py_XDECREF(at);
-    return due;
-}
-
-/* Append one record to every recording session; flush those over their threshold. A session's
- * buffer is looked up once and kept (a session keeps its ColumnBuffer for life); the session
- * itself is held by a weak reference, so a closed session is not kept alive by the cache. */
-static int append_all(Hook *h, const int64_t *recd) {
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(h->sessions); i++) {
-        PyObject *s = PyList_GET_ITEM(h->sessions, i);
-        Py_INCREF(s);
-        PyObject *ints;
-        if (h->cached_session && PyWeakref_GET_OBJECT(h->cached_session) == s) {
-            ints = Py_NewRef(h->cached_ints);
-        } else {
-            if (!(ints = records_of(s))) { Py_DECREF(s); return -1; }
-            PyObject *wr = PyWeakref_NewRef(s, NULL);
-            if (wr) { /* swap the whole cache, then release the old values (that can run code) */
-                PyObject *old_s = h->cached_session, *old_i = h->cached_ints;
-                h->cached_session = wr;
-                h->cached_ints = Py_NewRef(ints);
-                Py_XDECREF(old_s); Py_XDECREF(old_i);
-            } else {
-                PyErr_Clear(); /* a session without weak references: looked up every call */
-            }
-        }
-        int due;
-        if (Py_IS_TYPE(ints, &RecordsType)) {
-            Records *r = (Records *)ints;
-            due = records_reserve(r, NFIELDS);
-            if (due == 0) {
-                memcpy(r->data + r->n, recd, NFIELDS * sizeof(int64_t));
-                r->n += NFIELDS;
-                due = r->n >= r->flush_at;
-            }
-        } else {
-            due = append_other(ints, recd);
-        }
-        Py_DECREF(ints);
-        if (due > 0) {
-            PyObject *meth = PyObject_GetAttr(s, s_flush);
-            PyObject *kw = meth ? Py_BuildValue("{O:O}", s_blocking, Py_False) : NULL;
-            PyObject *e = PyTuple_New(0);
-            PyObject *r = (meth && kw && e) ? PyObject_Call(meth, e, kw) : NULL;
-            Py_XDECREF(meth); Py_XDECREF(kw); Py_XDECREF(e);
-            due = r ? 0 : -1;
-            Py_XDECREF(r);
-        }
-        Py_DECREF(s);
-        if (due < 0) return -1;
-    }
-    return 0;
-}
 
 /* The next value of a pg_seq/seq counter as an int64: a Counter's unboxed, anything else's
  * through next(). -1 when there is none (an exception may be set). */
@@ -146,119 +53,6 @@ static PyObject *call_back(PyObject *fn, const BusySlot *slot, PyObject *extra) 
     return r;
 }
 
-/* Bind the arguments to the extractor's parameters; 0, or -1 for anything unusual. */
-static int bind(Hook *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                PyObject **bound) {
-    if (nargs > h->nparams) return -1;
-    for (Py_ssize_t i = 0; i < nargs; i++) bound[i] = args[i];
-    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t j = 0; j < nk; j++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, j);
-        int found = -1;
-        for (int p = 0; p < h->nparams && found < 0; p++) /* names are interned: identity */
-            if (PyTuple_GET_ITEM(h->params, p) == name) found = p;
-        for (int p = 0; p < h->nparams && found < 0; p++)
-            if (PyUnicode_Compare(PyTuple_GET_ITEM(h->params, p), name) == 0) found = p;
-        if (found < 0 || bound[found]) { PyErr_Clear(); return -1; }
-        bound[found] = args[nargs + j];
-    }
-    return 0;
-}
-
-static inline int plain_tensor(Hook *h, PyObject *t) {
-    return h->tensor_type && Py_TYPE(t) == (PyTypeObject *)h->tensor_type &&
-           ((PyTypeObject *)h->tensor_type)->tp_version_tag == h->tensor_tag;
-}
-
-/* t.numel() (new reference): the method itself on a plain Tensor, skipping the lookup. */
-static PyObject *numel_of(Hook *h, PyObject *t) {
-    if (plain_tensor(h, t)) return PyObject_Vectorcall(h->numel_meth, &t, 1, NULL);
-    return PyObject_CallMethodNoArgs(t, s_numel);
-}
-
-/* The element counts of the call's tensor(s) as int64 and its dtype (new reference); -1 for
- * anything the Python path should handle (no exception left set). */
-static int sizes(Hook *h, PyObject **bound, BusySlot *slot) {
-    if (h->i_count < 0) { /* barrier: no tensor */
-        slot->n = slot->in = slot->out = 0;
-        slot->dtype = Py_NewRef(Py_None);
-        return 0;
-    }
-    PyObject *tensor = bound[h->i_count];
-    if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) return -1;
-    int64_t n, other;
-    PyObject *o = numel_of(h, tensor);
-    int bad = !o || as_i64(o, &n);
-    Py_XDECREF(o);
-    if (!bad && h->i_other >= 0) {
-        o = numel_of(h, bound[h->i_other]);
-        bad = !o || as_i64(o, &other);
-        Py_XDECREF(o);
-    } else {
-        other = n;
-    }
-    if (!bad)
-        bad = !(slot->dtype = plain_tensor(h, tensor)
-            ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor, h->tensor_type)
-            : PyObject_GetAttr(tensor, s_dtype));
-    if (bad) { PyErr_Clear(); return -1; }
-    slot->n = n;
-    slot->in = h->other_is_out ? n : other;
-    slot->out = h->other_is_out ? other : n;
-    return 0;
-}
-
-/* Same phase name and path: only the step differs (a decode loop makes a new PhaseFrame, a
- * NamedTuple (name, path, step), per step). */
-static int same_phase_but_step(PyObject *a, PyObject *b) {
-    if (a == b) return 1;
-    if (!a || a == Py_None || b == Py_None || Py_TYPE(a) != Py_TYPE(b) || !PyTuple_Check(a) ||
-        PyTuple_GET_SIZE(a) != 3 || PyTuple_GET_SIZE(b) != 3)
-        return 0;
-    for (int i = 0; i < 2; i++) {
-        PyObject *x = PyTuple_GET_ITEM(a, i), *y = PyTuple_GET_ITEM(b, i);
-        if (x != y && !(PyUnicode_CheckExact(x) && PyUnicode_CheckExact(y) &&
-                        PyUnicode_Compare(x, y) == 0))
-            return 0;
-    }
-    return 1;
-}
-
-/* The key code and step of a call (see make_wrapper's `last`): from the last call's key when
- * the dtype, group and phase name/path are the same, else from `key_code`. 1 when known, 0 when
- * a value is not an int64 (the call becomes a raw row), -1 on error. */
-static int key_of(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
-    if (h->last_dt == s->dtype && h->last_gi == s->gi && same_phase_but_step(h->last_ph, s->ph)) {
-        *code = h->last_code;
-        if (h->last_ph == s->ph) {
-            *step = h->last_step;
-            return 1;
-        }
-        PyObject *st = PyTuple_GET_ITEM(s->ph, 2);
-        if (st == Py_None) *step = NO_STEP;
-        else if (as_i64(st, step) < 0) return 0;
-    } else {
-        PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, s->dtype, s->gi,
-                                                   s->ph, NULL);
-        if (!k) return -1;
-        int ok = PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 2 &&
-                 as_i64(PyTuple_GET_ITEM(k, 0), code) == 0 &&
-                 as_i64(PyTuple_GET_ITEM(k, 1), step) == 0;
-        Py_DECREF(k);
-        if (!ok) return 0;
-    }
-    /* Replace the whole cache before releasing the old values: a release can run code (and
-     * let another thread in), which must never see half a cache. */
-    PyObject *old_dt = h->last_dt, *old_gi = h->last_gi, *old_ph = h->last_ph;
-    h->last_dt = Py_NewRef(s->dtype);
-    h->last_gi = Py_NewRef(s->gi);
-    h->last_ph = Py_NewRef(s->ph);
-    h->last_code = *code;
-    h->last_step = *step;
-    Py_XDECREF(old_dt); Py_XDECREF(old_gi); Py_XDECREF(old_ph);
-    return 1;
-}
-
 static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Busy *busy = (Busy *)h->busy;
@@ -272,7 +66,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     slot.t0 = now_ns();
 
     PyObject *bound[MAXP] = {NULL};
-    if (bind(h, args, nargs, kwnames, bound) < 0 || tid > (unsigned long)INT64_MAX) goto slow;
+    if (hook_bind(h, args, nargs, kwnames, bound) < 0 || tid > (unsigned long)INT64_MAX) goto slow;
     int is_async = PyObject_IsTrue(
         h->i_async >= 0 && bound[h->i_async] ? bound[h->i_async] : Py_False);
     if (is_async != 0) { PyErr_Clear(); goto slow; }
@@ -282,7 +76,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
         ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
     PyObject *seq_it = ctr ? PyDict_GetItemWithError(h->rec_dict, s_seq) : NULL;
     /* A group's first call (or an unhashable group), or sizes that are not int64: Python. */
-    if (!seq_it || sizes(h, bound, &slot) < 0) { PyErr_Clear(); goto slow; }
+    if (!seq_it || hook_sizes(h, bound, &slot) < 0) { PyErr_Clear(); goto slow; }
     slot.gi = Py_NewRef(gi);
     if (PyContextVar_Get(h->phase_var, Py_None, &slot.ph) < 0 ||
         take_next(ctr, &slot.pg_seq) < 0 || take_next(seq_it, &slot.seq) < 0) {
@@ -324,7 +118,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     if (at >= 0) busy_remove(busy, at);
 
     int64_t code, step;
-    int known = key_of(h, &slot, &code, &step);
+    int known = hook_key(h, &slot, &code, &step);
     if (known < 0) { Py_CLEAR(res); goto done; }
     if (!known) { /* a step beyond int64: an ordinary row instead (as the Python path) */
         PyObject *t1_obj = PyLong_FromLongLong(t1);
@@ -336,7 +130,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     }
     int64_t recd[NFIELDS] = {slot.t0, t1, slot.n, slot.in, slot.out, slot.pg_seq, slot.seq,
                              (int64_t)tid, step, code};
-    if (append_all(h, recd) < 0) Py_CLEAR(res);
+    if (hook_append_all(h, recd) < 0) Py_CLEAR(res);
 done:
     Py_DECREF(slot.dtype); Py_DECREF(slot.gi); Py_DECREF(slot.ph);
     return res;

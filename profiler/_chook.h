@@ -1,4 +1,5 @@
-/* Shared by the compiled hook's translation units (_chook.c, _chook_records.c, _chook_state.c). */
+/* Shared by the compiled hook's translation units (_chook.c, _chook_call.c, _chook_records.c,
+ * _chook_state.c). */
 #ifndef COMMSCOPE_CHOOK_H
 #define COMMSCOPE_CHOOK_H
 #define PY_SSIZE_T_CLEAN
@@ -40,6 +41,43 @@ typedef struct {
 } Counter;
 
 extern PyTypeObject RecordsType, BusyType, CounterType;
+
+#define MAXP 8 /* parameters of the hooked signatures */
+
+/* A hooked collective (see _chook.c). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *dict;
+    PyObject *orig, *slow, *busy, *sessions, *counters, *names, *key_code, *phase_var;
+    PyObject *fail, *raw, *api_idx, *params;
+    int nparams, i_count, i_other, other_is_out, i_group, i_async;
+    /* The last (dtype, group info, phase) and its key code and step (see make_wrapper). */
+    PyObject *last_dt, *last_gi, *last_ph;
+    int64_t last_code, last_step;
+    PyObject *cached_session, *cached_ints; /* a weak reference to the session; its buffer */
+    PyObject *rec_dict; /* rec.__dict__: cuda_timing and seq are read from it directly */
+    /* torch.Tensor, TensorBase's dtype getter and numel method (or NULL): called directly on
+     * an exact Tensor while the type is unmodified (its version tag is still `tensor_tag`). */
+    PyObject *tensor_type, *dtype_get, *numel_meth;
+    unsigned int tensor_tag;
+} Hook;
+
+/* Interned attribute names (set at module init). */
+extern PyObject *s_numel, *s_dtype, *s_cuda_timing, *s_seq, *s_cols, *s_ints, *s_flush_at,
+    *s_flush, *s_frombytes, *s_blocking;
+
+/* _chook_call.c: what the call is. Bind the arguments to the hooked API's parameters (0, or -1
+ * for anything unusual); the element counts as int64 and the dtype (-1: let Python handle it,
+ * no exception set); the key code and step (1 known, 0 not an int64, -1 error). */
+int hook_bind(Hook *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              PyObject **bound);
+int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot);
+int hook_key(Hook *h, const BusySlot *s, int64_t *code, int64_t *step);
+
+/* _chook_records.c: append one record to every recording session's buffer and flush those
+ * over their threshold (0, or -1 with an exception set). */
+int hook_append_all(Hook *h, const int64_t *recd);
 
 /* Room for `extra` more values (sets MemoryError and returns -1 if there is none). */
 int records_reserve(Records *r, Py_ssize_t extra);

@@ -1,7 +1,7 @@
 /* `Records`, the session's packed-record buffer of the compiled hook (see _chook.c): a growable
  * int64 array; the hook appends a record with one memcpy, `take()` hands the writer everything
  * so far as bytes. It carries the session's flush threshold (`flush_at`), so the hook compares
- * two C integers per call. */
+ * two C integers per call. Also here: appending a record to every recording session. */
 #include "_chook.h"
 #include <string.h>
 
@@ -93,3 +93,79 @@ PyTypeObject RecordsType = {
     .tp_getset = records_getset,
     .tp_new = records_new,
 };
+
+/* ---------------------------------------------------------------------------- appending */
+
+/* The Records buffer of session `s` (new reference): `s._cols.ints`. */
+static PyObject *records_of(PyObject *s) {
+    PyObject *cols = PyObject_GetAttr(s, s_cols);
+    PyObject *ints = cols ? PyObject_GetAttr(cols, s_ints) : NULL;
+    Py_XDECREF(cols);
+    return ints;
+}
+
+/* Append `recd` to a buffer that is not a Records (an array('q') with `flush_at`, as the
+ * pure-Python path makes); 1 if it is due for a flush, 0 if not, -1 on error. */
+static int append_other(PyObject *ints, const int64_t *recd) {
+    PyObject *b = PyBytes_FromStringAndSize((const char *)recd, NFIELDS * 8);
+    PyObject *ok = b ? PyObject_CallMethodOneArg(ints, s_frombytes, b) : NULL;
+    Py_XDECREF(b);
+    if (!ok) return -1;
+    Py_DECREF(ok);
+    Py_ssize_t len = PyObject_Size(ints);
+    PyObject *n = len < 0 ? NULL : PyLong_FromSsize_t(len);
+    PyObject *at = n ? PyObject_GetAttr(ints, s_flush_at) : NULL;
+    int due = at ? PyObject_RichCompareBool(n, at, Py_GE) : -1;
+    Py_XDECREF(n); Py_XDECREF(at);
+    return due;
+}
+
+/* See _chook.h. A session's buffer is looked up once and kept (a session keeps its ColumnBuffer
+ * for life); the session itself is held by a weak reference, so a closed session is not kept
+ * alive by the cache. */
+int hook_append_all(Hook *h, const int64_t *recd) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(h->sessions); i++) {
+        PyObject *s = PyList_GET_ITEM(h->sessions, i);
+        Py_INCREF(s);
+        PyObject *ints;
+        if (h->cached_session && PyWeakref_GET_OBJECT(h->cached_session) == s) {
+            ints = Py_NewRef(h->cached_ints);
+        } else {
+            if (!(ints = records_of(s))) { Py_DECREF(s); return -1; }
+            PyObject *wr = PyWeakref_NewRef(s, NULL);
+            if (wr) { /* swap the whole cache, then release the old values (that can run code) */
+                PyObject *old_s = h->cached_session, *old_i = h->cached_ints;
+                h->cached_session = wr;
+                h->cached_ints = Py_NewRef(ints);
+                Py_XDECREF(old_s); Py_XDECREF(old_i);
+            } else {
+                PyErr_Clear(); /* a session without weak references: looked up every call */
+            }
+        }
+        int due;
+        if (Py_IS_TYPE(ints, &RecordsType)) {
+            Records *r = (Records *)ints;
+            due = records_reserve(r, NFIELDS);
+            if (due == 0) {
+                memcpy(r->data + r->n, recd, NFIELDS * sizeof(int64_t));
+                r->n += NFIELDS;
+                due = r->n >= r->flush_at;
+            }
+        } else {
+            due = append_other(ints, recd);
+        }
+        Py_DECREF(ints);
+        if (due > 0) {
+            PyObject *meth = PyObject_GetAttr(s, s_flush);
+            PyObject *kw = meth ? Py_BuildValue("{O:O}", s_blocking, Py_False) : NULL;
+            PyObject *e = PyTuple_New(0);
+            PyObject *r = (meth && kw && e) ? PyObject_Call(meth, e, kw) : NULL;
+            Py_XDECREF(meth); Py_XDECREF(kw); Py_XDECREF(e);
+            due = r ? 0 : -1;
+            Py_XDECREF(r);
+        }
+        Py_DECREF(s);
+        if (due < 0) return -1;
+    }
+    return 0;
+}

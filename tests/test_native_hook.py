@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import sys
 
 import numpy as np
@@ -191,6 +192,27 @@ def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path
             dist.all_reduce(t)
         dist.all_reduce(t)
     assert session_events(s)["count"].tolist() == [3, 3, 5, 11, 3]
+
+
+@built
+def test_busy_map_and_counter_behave_as_dict_and_itertools_count():
+    """The recorder's compiled busy map and counters stand in for a dict and itertools.count:
+    the Python wrappers use them through those interfaces."""
+    busy, ref = _columns._chook.Busy(), {}
+    for m in (busy, ref):
+        m[5], m[7], m[9] = True, ["row"], ("entry",)
+        m[5] = "replaced"  # keeps its place
+        del m[7]
+        m[11] = True
+    assert busy.items() == list(ref.items()) == [(5, "replaced"), (9, ("entry",)), (11, True)]
+    assert (5 in busy, 7 in busy, "5" in busy, len(busy)) == (True, False, False, 3)
+    assert busy.pop(9) == ("entry",) and busy.pop(9, None) is None and busy[11] is True
+    for missing in (lambda: busy[9], lambda: busy.pop(9), lambda: busy.__delitem__(9)):
+        with pytest.raises(KeyError):
+            missing()
+    c, r = _columns._chook.Counter(), itertools.count()
+    assert [next(c) for _ in range(5)] == [next(r) for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert iter(c) is c
 
 
 @built

@@ -1,0 +1,116 @@
+/* What a hooked call is, for the compiled hook (_chook.c): its arguments bound to the API's
+ * parameters, its element counts and dtype, and the key code and step of its packed record. */
+#include "_chook.h"
+
+/* Binds by the extractor's parameter names (see _chook.h). */
+int hook_bind(Hook *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              PyObject **bound) {
+    if (nargs > h->nparams) return -1;
+    for (Py_ssize_t i = 0; i < nargs; i++) bound[i] = args[i];
+    Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t j = 0; j < nk; j++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, j);
+        int found = -1;
+        for (int p = 0; p < h->nparams && found < 0; p++) /* names are interned: identity */
+            if (PyTuple_GET_ITEM(h->params, p) == name) found = p;
+        for (int p = 0; p < h->nparams && found < 0; p++)
+            if (PyUnicode_Compare(PyTuple_GET_ITEM(h->params, p), name) == 0) found = p;
+        if (found < 0 || bound[found]) { PyErr_Clear(); return -1; }
+        bound[found] = args[nargs + j];
+    }
+    return 0;
+}
+
+static inline int plain_tensor(Hook *h, PyObject *t) {
+    return h->tensor_type && Py_TYPE(t) == (PyTypeObject *)h->tensor_type &&
+           ((PyTypeObject *)h->tensor_type)->tp_version_tag == h->tensor_tag;
+}
+
+/* t.numel() (new reference): the method itself on a plain Tensor, skipping the lookup. */
+static PyObject *numel_of(Hook *h, PyObject *t) {
+    if (plain_tensor(h, t)) return PyObject_Vectorcall(h->numel_meth, &t, 1, NULL);
+    return PyObject_CallMethodNoArgs(t, s_numel);
+}
+
+/* The element counts of the call's tensor(s) as int64 and its dtype (new reference); -1 for
+ * anything the Python path should handle (no exception left set). */
+int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot) {
+    if (h->i_count < 0) { /* barrier: no tensor */
+        slot->n = slot->in = slot->out = 0;
+        slot->dtype = Py_NewRef(Py_None);
+        return 0;
+    }
+    PyObject *tensor = bound[h->i_count];
+    if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) return -1;
+    int64_t n, other;
+    PyObject *o = numel_of(h, tensor);
+    int bad = !o || as_i64(o, &n);
+    Py_XDECREF(o);
+    if (!bad && h->i_other >= 0) {
+        o = numel_of(h, bound[h->i_other]);
+        bad = !o || as_i64(o, &other);
+        Py_XDECREF(o);
+    } else {
+        other = n;
+    }
+    if (!bad)
+        bad = !(slot->dtype = plain_tensor(h, tensor)
+            ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor, h->tensor_type)
+            : PyObject_GetAttr(tensor, s_dtype));
+    if (bad) { PyErr_Clear(); return -1; }
+    slot->n = n;
+    slot->in = h->other_is_out ? n : other;
+    slot->out = h->other_is_out ? other : n;
+    return 0;
+}
+
+/* Same phase name and path: only the step differs (a decode loop makes a new PhaseFrame, a
+ * NamedTuple (name, path, step), per step). */
+static int same_phase_but_step(PyObject *a, PyObject *b) {
+    if (a == b) return 1;
+    if (!a || a == Py_None || b == Py_None || Py_TYPE(a) != Py_TYPE(b) || !PyTuple_Check(a) ||
+        PyTuple_GET_SIZE(a) != 3 || PyTuple_GET_SIZE(b) != 3)
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        PyObject *x = PyTuple_GET_ITEM(a, i), *y = PyTuple_GET_ITEM(b, i);
+        if (x != y && !(PyUnicode_CheckExact(x) && PyUnicode_CheckExact(y) &&
+                        PyUnicode_Compare(x, y) == 0))
+            return 0;
+    }
+    return 1;
+}
+
+/* The key code and step of a call (see make_wrapper's `last`): from the last call's key when
+ * the dtype, group and phase name/path are the same, else from `key_code`. 1 when known, 0 when
+ * a value is not an int64 (the call becomes a raw row), -1 on error. */
+int hook_key(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
+    if (h->last_dt == s->dtype && h->last_gi == s->gi && same_phase_but_step(h->last_ph, s->ph)) {
+        *code = h->last_code;
+        if (h->last_ph == s->ph) {
+            *step = h->last_step;
+            return 1;
+        }
+        PyObject *st = PyTuple_GET_ITEM(s->ph, 2);
+        if (st == Py_None) *step = NO_STEP;
+        else if (as_i64(st, step) < 0) return 0;
+    } else {
+        PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, s->dtype, s->gi,
+                                                   s->ph, NULL);
+        if (!k) return -1;
+        int ok = PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 2 &&
+                 as_i64(PyTuple_GET_ITEM(k, 0), code) == 0 &&
+                 as_i64(PyTuple_GET_ITEM(k, 1), step) == 0;
+        Py_DECREF(k);
+        if (!ok) return 0;
+    }
+    /* Replace the whole cache before releasing the old values: a release can run code (and
+     * let another thread in), which must never see half a cache. */
+    PyObject *old_dt = h->last_dt, *old_gi = h->last_gi, *old_ph = h->last_ph;
+    h->last_dt = Py_NewRef(s->dtype);
+    h->last_gi = Py_NewRef(s->gi);
+    h->last_ph = Py_NewRef(s->ph);
+    h->last_code = *code;
+    h->last_step = *step;
+    Py_XDECREF(old_dt); Py_XDECREF(old_gi); Py_XDECREF(old_ph);
+    return 1;
+}
