@@ -70,16 +70,25 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     int is_async = PyObject_IsTrue(
         h->i_async >= 0 && bound[h->i_async] ? bound[h->i_async] : Py_False);
     if (is_async != 0) { PyErr_Clear(); goto slow; }
+    /* Sizes that are not int64: Python. First, as numel() and dtype can run Python code (a
+     * tensor subclass), which must not find the borrowed lookups below in use. */
+    if (hook_sizes(h, bound, &slot) < 0) goto slow;
     PyObject *group = bound[h->i_group] ? bound[h->i_group] : Py_None;
     PyObject *gi = PyDict_GetItemWithError(h->names, group); /* borrowed */
     PyObject *ctr = (gi && PyTuple_Check(gi) && PyTuple_GET_SIZE(gi) > 0)
         ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
     PyObject *seq_it = ctr ? PyDict_GetItemWithError(h->rec_dict, s_seq) : NULL;
-    /* A group's first call (or an unhashable group), or sizes that are not int64: Python. */
-    if (!seq_it || hook_sizes(h, bound, &slot) < 0) { PyErr_Clear(); goto slow; }
+    if (!seq_it) { /* a group's first call (or an unhashable group): Python resolves it */
+        PyErr_Clear();
+        Py_DECREF(slot.dtype);
+        goto slow;
+    }
     slot.gi = Py_NewRef(gi);
-    if (PyContextVar_Get(h->phase_var, Py_None, &slot.ph) < 0 ||
-        take_next(ctr, &slot.pg_seq) < 0 || take_next(seq_it, &slot.seq) < 0) {
+    Py_INCREF(ctr); Py_INCREF(seq_it); /* next() of an iterator that is not a Counter runs code */
+    int taken = PyContextVar_Get(h->phase_var, Py_None, &slot.ph) == 0 &&
+                take_next(ctr, &slot.pg_seq) == 0 && take_next(seq_it, &slot.seq) == 0;
+    Py_DECREF(ctr); Py_DECREF(seq_it);
+    if (!taken) {
         Py_CLEAR(slot.ph);
         goto unrecorded;
     }
