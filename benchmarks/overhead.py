@@ -7,7 +7,8 @@
 It prints which hook runs (the compiled one, or the pure-Python fallback), then, each a ratio or
 difference taken in this one run:
 1. Sustained: whole sessions (open, N calls with several part files written, close) against the
-   same N calls untraced, alternating; added wall time per call, and the calling thread's CPU.
+   same N calls untraced, alternating; added wall time per call, the calling thread's CPU, and
+   the per-session part (open and close), which N amortises.
 2. Hook cost per call on the single-process fake process group (same Python path as a real
    backend, ~0.02 us noise): untraced and traced blocks alternate; the median of the per-pair
    differences is the added time per call. Default and capture="full" modes.
@@ -72,29 +73,36 @@ def fake_pg_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, fl
 
 
 def sustained_overhead(n: int, flush_events: int, rounds: int, out: str
-                       ) -> tuple[float, float, float, float, int]:
+                       ) -> tuple[float, float, float, float, int, float, float]:
     """The honest figure: a whole session (open, n calls with several flushes, close, final
     write) against the same n calls untraced, alternating `rounds` times in this run. Returns
     medians (untraced us/call, traced us/call, added us/call of wall time, added us/call of the
-    calling thread's CPU time) and the parts per session. Wall minus CPU is what the calling
-    thread spent waiting (for the GIL or a core while the writer thread ran)."""
+    calling thread's CPU time), the parts per session, and the median open and close times
+    (ms): the per-session part of the added time. Wall minus CPU is what the calling thread
+    spent waiting (for the GIL or a core while the writer thread ran)."""
     t = torch.ones(1)
-    base, traced, cpu, parts = [], [], [], 0
+    base, traced, cpu, opens, closes, parts = [], [], [], [], [], 0
     for r in range(rounds):
         c0 = time.thread_time_ns()
         base.append(_block(n, t))
         c1 = time.thread_time_ns()
         t0 = time.perf_counter_ns()
-        with profiler.trace(out, run_name=f"sustained-{r}", flush_events=flush_events) as s:
-            fn = dist.all_reduce
-            for _ in range(n):
-                fn(t)
-        traced.append((time.perf_counter_ns() - t0) / n / 1e3)
+        s = profiler.trace(out, run_name=f"sustained-{r}", flush_events=flush_events).open()
+        t1 = time.perf_counter_ns()
+        fn = dist.all_reduce
+        for _ in range(n):
+            fn(t)
+        t2 = time.perf_counter_ns()
+        s.close()
+        t3 = time.perf_counter_ns()
+        traced.append((t3 - t0) / n / 1e3)
         cpu.append(((time.thread_time_ns() - c1) - (c1 - c0)) / n / 1e3)
+        opens.append((t1 - t0) / 1e6)
+        closes.append((t3 - t2) / 1e6)
         parts = s.parts
     b, tr = statistics.median(base), statistics.median(traced)
     return (b, tr, statistics.median(y - x for x, y in zip(base, traced)),
-            statistics.median(cpu), parts)
+            statistics.median(cpu), parts, statistics.median(opens), statistics.median(closes))
 
 
 def full_capture_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, float]:
@@ -221,11 +229,12 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000, help="calls per block")
     ap.add_argument("--write-events", type=int, default=1_000_000)
     ap.add_argument("--memory-events", type=int, default=2_000_000)
-    # Many short whole sessions rather than a few long ones: the median of the paired
-    # differences then shrugs off bursts of other work on a shared 2-core machine.
-    ap.add_argument("--sustained-events", type=int, default=200_000,
-                    help="calls per session (flush_events 65536: several part files each)")
-    ap.add_argument("--sustained-rounds", type=int, default=15)
+    # Several whole sessions, alternating with the same calls untraced: the median of the
+    # paired differences shrugs off bursts of other work on a shared 2-core machine. A session
+    # of 1 M calls (~5-9 s here) keeps its fixed open/close cost (printed) to ~0.03 us/call.
+    ap.add_argument("--sustained-events", type=int, default=1_000_000,
+                    help="calls per session (flush_events 65536: 16 part files each)")
+    ap.add_argument("--sustained-rounds", type=int, default=9)
     ap.add_argument("--skip-gloo", action="store_true")
     ap.add_argument("--only-sustained", action="store_true",
                     help="print the sustained, write-rate and memory figures only")
@@ -237,12 +246,13 @@ def main() -> None:
         print(f"torch {torch.__version__}, {os.cpu_count()} cores; blocks of {a.calls} calls, "
               f"{a.pairs} alternating pairs")
         print(f"[hook] {_hook_kind()}")
-        b, t, d, dc, parts = sustained_overhead(a.sustained_events, 65536, a.sustained_rounds,
-                                                os.path.join(out, "sustained"))
+        b, t, d, dc, parts, op, cl = sustained_overhead(
+            a.sustained_events, 65536, a.sustained_rounds, os.path.join(out, "sustained"))
         print(f"[sustained, fake pg] {a.sustained_events:,} calls: untraced {b:.2f} us/call; "
               f"whole session (open, calls, {parts} parts written, close) {t:.2f} us/call; added "
               f"{d:+.2f} us/call (median of {a.sustained_rounds} alternating rounds); the calling "
-              f"thread's CPU {dc:+.2f} us/call")
+              f"thread's CPU {dc:+.2f} us/call; of the added time, open {op:.1f} ms and close "
+              f"{cl:.1f} ms per session ({(op + cl) * 1e3 / a.sustained_events:.2f} us/call)")
         runs = () if a.only_sustained else (("default", fake_pg_overhead),
                                             ("full", full_capture_overhead))
         for capture, fn in runs:

@@ -36,6 +36,10 @@ static int take_next(PyObject *it, int64_t *out) {
         *out = c->next++;
         return 0;
     }
+    if (!PyIter_Check(it)) {
+        PyErr_Format(PyExc_TypeError, "commscope: counter %R is not an iterator", it);
+        return -1;
+    }
     PyObject *v = PyIter_Next(it);
     if (!v) return -1;
     int r = as_i64(v, out);
@@ -69,7 +73,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     if (hook_bind(h, args, nargs, kwnames, bound) < 0 || tid > (unsigned long)INT64_MAX) goto slow;
     int is_async = PyObject_IsTrue(
         h->i_async >= 0 && bound[h->i_async] ? bound[h->i_async] : Py_False);
-    if (is_async != 0) { PyErr_Clear(); goto slow; }
+    if (is_async != 0) { clear_ordinary(); goto slow; }
     /* Sizes that are not int64: Python. First, as numel() and dtype can run Python code (a
      * tensor subclass), which must not find the borrowed lookups below in use. */
     if (hook_sizes(h, bound, &slot) < 0) goto slow;
@@ -79,7 +83,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
         ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
     PyObject *seq_it = ctr ? PyDict_GetItemWithError(h->rec_dict, s_seq) : NULL;
     if (!seq_it) { /* a group's first call (or an unhashable group): Python resolves it */
-        PyErr_Clear();
+        clear_ordinary();
         Py_DECREF(slot.dtype);
         goto slow;
     }
@@ -88,14 +92,11 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     int taken = PyContextVar_Get(h->phase_var, Py_None, &slot.ph) == 0 &&
                 take_next(ctr, &slot.pg_seq) == 0 && take_next(seq_it, &slot.seq) == 0;
     Py_DECREF(ctr); Py_DECREF(seq_it);
-    if (!taken) {
-        Py_CLEAR(slot.ph);
-        goto unrecorded;
-    }
+    if (!taken) goto unrecorded;
     /* The busy slot holds references of its own; the hook keeps these for after the call. */
     BusySlot entry = slot;
     Py_INCREF(entry.api_idx); Py_INCREF(entry.dtype); Py_INCREF(entry.gi); Py_INCREF(entry.ph);
-    if (busy_push(busy, &entry) < 0) {
+    if (busy_set(busy, &entry) < 0) {
         Py_DECREF(entry.api_idx); Py_DECREF(entry.dtype); Py_DECREF(entry.gi);
         Py_DECREF(entry.ph);
         goto unrecorded;
@@ -147,12 +148,13 @@ done:
 unrecorded:
     /* As the Python wrapper: a failure to record never stops the collective (the other ranks
      * wait for it); only KeyboardInterrupt and the like propagate. */
-    Py_XDECREF(slot.dtype); Py_XDECREF(slot.gi);
+    Py_XDECREF(slot.dtype); Py_XDECREF(slot.gi); Py_XDECREF(slot.ph);
     if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
     PyErr_Clear();
     return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
 
 slow:
+    if (PyErr_Occurred()) return NULL; /* only a KeyboardInterrupt and the like is left set */
     return PyObject_Vectorcall(h->slow, args, nargsf, kwnames);
 }
 
@@ -168,10 +170,10 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
                                      &other_is_out, &i_group, &i_async, &key_code, &phase_var,
                                      &fail, &raw, &tensor))
         return NULL;
-    PyObject *tensor_type = NULL, *dtype_get = NULL, *numel_meth = NULL;
-    if (tensor != Py_None) { /* (torch.Tensor, TensorBase.dtype, TensorBase.numel) */
-        if (!PyArg_ParseTuple(tensor, "O!OO;Hook: tensor=(type, dtype getter, numel method)",
-                              &PyType_Type, &tensor_type, &dtype_get, &numel_meth))
+    PyObject *tensor_type = NULL, *dtype_get = NULL;
+    if (tensor != Py_None) { /* (torch.Tensor, TensorBase.dtype) */
+        if (!PyArg_ParseTuple(tensor, "O!O;Hook: tensor=(type, dtype getter)", &PyType_Type,
+                              &tensor_type, &dtype_get))
             return NULL;
         if (!Py_TYPE(dtype_get)->tp_descr_get) {
             PyErr_SetString(PyExc_TypeError, "Hook: the dtype getter is not a descriptor");
@@ -225,7 +227,6 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         if (h->tensor_tag) {
             h->tensor_type = Py_NewRef(tensor_type);
             h->dtype_get = Py_NewRef(dtype_get);
-            h->numel_meth = Py_NewRef(numel_meth);
         }
     }
     h->nparams = (int)np; h->i_count = i_count; h->i_other = i_other;
@@ -236,7 +237,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 /* Every object field, once: traverse and clear expand the same list. */
 #define HOOK_OBJECTS(X) X(dict) X(orig) X(slow) X(busy) X(sessions) X(counters) X(names) \
     X(key_code) X(phase_var) X(fail) X(raw) X(api_idx) X(params) X(last_dt) X(last_gi) X(last_ph) \
-    X(cached_session) X(cached_ints) X(rec_dict) X(tensor_type) X(dtype_get) X(numel_meth)
+    X(cached_session) X(cached_ints) X(rec_dict) X(tensor_type) X(dtype_get)
 
 static int hook_traverse(Hook *h, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(h->field);

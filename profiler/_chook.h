@@ -57,9 +57,10 @@ typedef struct {
     int64_t last_code, last_step;
     PyObject *cached_session, *cached_ints; /* a weak reference to the session; its buffer */
     PyObject *rec_dict; /* rec.__dict__: cuda_timing and seq are read from it directly */
-    /* torch.Tensor, TensorBase's dtype getter and numel method (or NULL): called directly on
-     * an exact Tensor while the type is unmodified (its version tag is still `tensor_tag`). */
-    PyObject *tensor_type, *dtype_get, *numel_meth;
+    /* torch.Tensor and TensorBase's dtype getter (or NULL): called directly on an exact Tensor
+     * while the type is unmodified (its version tag is still `tensor_tag`). A data descriptor:
+     * no instance attribute can shadow it. */
+    PyObject *tensor_type, *dtype_get;
     unsigned int tensor_tag;
 } Hook;
 
@@ -84,8 +85,9 @@ int records_reserve(Records *r, Py_ssize_t extra);
 
 /* Index of `tid`'s slot, or -1. */
 Py_ssize_t busy_find(const Busy *b, unsigned long tid);
-/* Append a slot (taking over its references); -1 and MemoryError if there is no room. */
-int busy_push(Busy *b, const BusySlot *slot);
+/* Set the slot of `slot->tid` (taking over its references): replaces the thread's entry if it
+ * has one (as `busy[tid] = value` does), else appends; -1 and MemoryError if there is no room. */
+int busy_set(Busy *b, const BusySlot *slot);
 /* Remove slot `i` and release what it held (after it is out of the table: a release can run
  * code that looks at the table). */
 void busy_remove(Busy *b, Py_ssize_t i);
@@ -100,15 +102,21 @@ static inline int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Clear a pending ordinary error (an Exception); KeyboardInterrupt, SystemExit and the like
+ * stay set, to propagate as they do through the Python wrapper. */
+static inline void clear_ordinary(void) {
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception)) PyErr_Clear();
+}
+
 /* `o` as an int64, as struct.pack("q") takes it (ints and objects with __index__); -1 if it
- * is not one (no exception left set). */
+ * is not one (no ordinary exception left set; see clear_ordinary). */
 static inline int as_i64(PyObject *o, int64_t *out) {
     PyObject *i = PyLong_Check(o) ? Py_NewRef(o) : PyNumber_Index(o);
-    if (!i) { PyErr_Clear(); return -1; }
+    if (!i) { clear_ordinary(); return -1; }
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
     Py_DECREF(i);
-    if (overflow || (v == -1 && PyErr_Occurred())) { PyErr_Clear(); return -1; }
+    if (overflow || (v == -1 && PyErr_Occurred())) { clear_ordinary(); return -1; }
     *out = v;
     return 0;
 }

@@ -15,7 +15,7 @@ int hook_bind(Hook *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
             if (PyTuple_GET_ITEM(h->params, p) == name) found = p;
         for (int p = 0; p < h->nparams && found < 0; p++)
             if (PyUnicode_Compare(PyTuple_GET_ITEM(h->params, p), name) == 0) found = p;
-        if (found < 0 || bound[found]) { PyErr_Clear(); return -1; }
+        if (found < 0 || bound[found]) { clear_ordinary(); return -1; }
         bound[found] = args[nargs + j];
     }
     return 0;
@@ -24,12 +24,6 @@ int hook_bind(Hook *h, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
 static inline int plain_tensor(Hook *h, PyObject *t) {
     return h->tensor_type && Py_TYPE(t) == (PyTypeObject *)h->tensor_type &&
            ((PyTypeObject *)h->tensor_type)->tp_version_tag == h->tensor_tag;
-}
-
-/* t.numel() (new reference): the method itself on a plain Tensor, skipping the lookup. */
-static PyObject *numel_of(Hook *h, PyObject *t) {
-    if (plain_tensor(h, t)) return PyObject_Vectorcall(h->numel_meth, &t, 1, NULL);
-    return PyObject_CallMethodNoArgs(t, s_numel);
 }
 
 /* The element counts of the call's tensor(s) as int64 and its dtype (new reference); -1 for
@@ -43,11 +37,11 @@ int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot) {
     PyObject *tensor = bound[h->i_count];
     if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) return -1;
     int64_t n, other;
-    PyObject *o = numel_of(h, tensor);
+    PyObject *o = PyObject_CallMethodNoArgs(tensor, s_numel);
     int bad = !o || as_i64(o, &n);
     Py_XDECREF(o);
     if (!bad && h->i_other >= 0) {
-        o = numel_of(h, bound[h->i_other]);
+        o = PyObject_CallMethodNoArgs(bound[h->i_other], s_numel);
         bad = !o || as_i64(o, &other);
         Py_XDECREF(o);
     } else {
@@ -57,7 +51,7 @@ int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot) {
         bad = !(slot->dtype = plain_tensor(h, tensor)
             ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor, h->tensor_type)
             : PyObject_GetAttr(tensor, s_dtype));
-    if (bad) { PyErr_Clear(); return -1; }
+    if (bad) { clear_ordinary(); return -1; }
     slot->n = n;
     slot->in = h->other_is_out ? n : other;
     slot->out = h->other_is_out ? other : n;
@@ -92,7 +86,7 @@ int hook_key(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
         }
         PyObject *st = PyTuple_GET_ITEM(s->ph, 2);
         if (st == Py_None) *step = NO_STEP;
-        else if (as_i64(st, step) < 0) return 0;
+        else if (as_i64(st, step) < 0) return PyErr_Occurred() ? -1 : 0;
     } else {
         PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, s->dtype, s->gi,
                                                    s->ph, NULL);
@@ -101,7 +95,7 @@ int hook_key(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
                  as_i64(PyTuple_GET_ITEM(k, 0), code) == 0 &&
                  as_i64(PyTuple_GET_ITEM(k, 1), step) == 0;
         Py_DECREF(k);
-        if (!ok) return 0;
+        if (!ok) return PyErr_Occurred() ? -1 : 0;
     }
     /* Replace the whole cache before releasing the old values: a release can run code (and
      * let another thread in), which must never see half a cache. */

@@ -20,7 +20,16 @@ Py_ssize_t busy_find(const Busy *b, unsigned long tid) {
     return -1;
 }
 
-int busy_push(Busy *b, const BusySlot *slot) {
+static void slot_release(BusySlot *s);
+
+int busy_set(Busy *b, const BusySlot *slot) {
+    Py_ssize_t i = busy_find(b, slot->tid);
+    if (i >= 0) { /* replaced whole, then released (a release can run code) */
+        BusySlot old = b->slots[i];
+        b->slots[i] = *slot;
+        slot_release(&old);
+        return 0;
+    }
     if (b->n == b->cap) {
         Py_ssize_t cap = b->cap ? 2 * b->cap : 8;
         BusySlot *p = PyMem_Realloc(b->slots, (size_t)cap * sizeof(BusySlot));
@@ -56,55 +65,58 @@ PyObject *entry_tuple(const BusySlot *s) {
     return e;
 }
 
-/* What Python sees stored for a slot (new reference). */
-static PyObject *slot_value(const BusySlot *s) {
-    return s->value ? Py_NewRef(s->value) : entry_tuple(s);
+/* What Python sees stored for slot `i` (new reference). Building an entry tuple allocates, and
+ * a collection then can run code that changes the map: the slot is copied and its objects held
+ * first, and callers look the thread up again afterwards. */
+static void slot_hold(BusySlot *s);
+
+static PyObject *slot_value(Busy *b, Py_ssize_t i) {
+    BusySlot s = b->slots[i];
+    if (s.value) return Py_NewRef(s.value);
+    slot_hold(&s);
+    PyObject *e = entry_tuple(&s);
+    slot_release(&s);
+    return e;
 }
 
-/* A key as a thread ident; -1 with an exception set if it is not one. */
+/* A key as a thread ident: 0, or -1 (no exception set) for anything that cannot be one, which
+ * is then absent, as from a dict. */
 static int key_tid(PyObject *key, unsigned long *tid) {
-    if (!PyLong_Check(key)) {
-        PyErr_Format(PyExc_TypeError, "Busy: keys are thread idents, not %.100s",
-                     Py_TYPE(key)->tp_name);
-        return -1;
-    }
+    if (!PyLong_Check(key)) return -1;
     *tid = PyLong_AsUnsignedLong(key);
-    return (*tid == (unsigned long)-1 && PyErr_Occurred()) ? -1 : 0;
+    if (*tid == (unsigned long)-1 && PyErr_Occurred()) { PyErr_Clear(); return -1; }
+    return 0;
 }
 
 static int busy_contains(Busy *b, PyObject *key) {
     unsigned long tid;
-    if (key_tid(key, &tid) < 0) { PyErr_Clear(); return 0; } /* as a dict: absent */
-    return busy_find(b, tid) >= 0;
+    return key_tid(key, &tid) == 0 && busy_find(b, tid) >= 0;
 }
 
 static Py_ssize_t busy_len(Busy *b) { return b->n; }
 
 static PyObject *busy_getitem(Busy *b, PyObject *key) {
     unsigned long tid;
-    if (key_tid(key, &tid) < 0) return NULL;
-    Py_ssize_t i = busy_find(b, tid);
+    Py_ssize_t i = key_tid(key, &tid) == 0 ? busy_find(b, tid) : -1;
     if (i < 0) { PyErr_SetObject(PyExc_KeyError, key); return NULL; }
-    return slot_value(&b->slots[i]);
+    return slot_value(b, i);
 }
 
 static int busy_setitem(Busy *b, PyObject *key, PyObject *value) {
     unsigned long tid;
-    if (key_tid(key, &tid) < 0) return -1;
-    Py_ssize_t i = busy_find(b, tid);
+    int ok = key_tid(key, &tid) == 0;
     if (!value) { /* del busy[tid] */
+        Py_ssize_t i = ok ? busy_find(b, tid) : -1;
         if (i < 0) { PyErr_SetObject(PyExc_KeyError, key); return -1; }
         busy_remove(b, i);
         return 0;
     }
-    BusySlot fresh = {.tid = tid, .value = Py_NewRef(value)};
-    if (i < 0) {
-        if (busy_push(b, &fresh) < 0) { Py_DECREF(value); return -1; }
-        return 0;
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "Busy: keys are thread idents, not %R", key);
+        return -1;
     }
-    BusySlot old = b->slots[i]; /* replaced whole, then released */
-    b->slots[i] = fresh;
-    slot_release(&old);
+    BusySlot fresh = {.tid = tid, .value = Py_NewRef(value)};
+    if (busy_set(b, &fresh) < 0) { Py_DECREF(value); return -1; }
     return 0;
 }
 
@@ -114,28 +126,40 @@ static PyObject *busy_pop(Busy *b, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     }
     unsigned long tid;
-    if (key_tid(args[0], &tid) < 0) return NULL;
-    Py_ssize_t i = busy_find(b, tid);
+    Py_ssize_t i = key_tid(args[0], &tid) == 0 ? busy_find(b, tid) : -1;
     if (i < 0) {
         if (nargs == 2) return Py_NewRef(args[1]);
         PyErr_SetObject(PyExc_KeyError, args[0]);
         return NULL;
     }
-    PyObject *v = slot_value(&b->slots[i]);
-    if (v) busy_remove(b, i);
+    PyObject *v = slot_value(b, i);
+    if (v && (i = busy_find(b, tid)) >= 0) busy_remove(b, i); /* the table may have moved */
     return v;
 }
 
+static void slot_hold(BusySlot *s) {
+    Py_XINCREF(s->value); Py_XINCREF(s->api_idx); Py_XINCREF(s->dtype);
+    Py_XINCREF(s->gi); Py_XINCREF(s->ph);
+}
+
 static PyObject *busy_items(Busy *b, PyObject *unused) {
+    /* A held copy first: building the pairs allocates, which can run code that changes b. */
+    Py_ssize_t n = b->n;
+    BusySlot *copy = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(BusySlot));
+    if (!copy) return PyErr_NoMemory();
+    memcpy(copy, b->slots, (size_t)n * sizeof(BusySlot));
+    for (Py_ssize_t i = 0; i < n; i++) slot_hold(&copy[i]);
     PyObject *out = PyList_New(0);
-    for (Py_ssize_t i = 0; out && i < b->n; i++) {
-        PyObject *v = slot_value(&b->slots[i]);
-        PyObject *k = v ? PyLong_FromUnsignedLong(b->slots[i].tid) : NULL;
-        PyObject *pair = k ? PyTuple_Pack(2, k, v) : NULL;
+    for (Py_ssize_t i = 0; out && i < n; i++) {
+        PyObject *k = PyLong_FromUnsignedLong(copy[i].tid);
+        PyObject *v = !k ? NULL : copy[i].value ? Py_NewRef(copy[i].value) : entry_tuple(&copy[i]);
+        PyObject *pair = v ? PyTuple_Pack(2, k, v) : NULL;
         Py_XDECREF(k); Py_XDECREF(v);
         if (!pair || PyList_Append(out, pair) < 0) Py_CLEAR(out);
         Py_XDECREF(pair);
     }
+    for (Py_ssize_t i = 0; i < n; i++) slot_release(&copy[i]);
+    PyMem_Free(copy);
     return out;
 }
 
@@ -197,6 +221,14 @@ static PyObject *counter_next(Counter *c) {
     return PyLong_FromLongLong(c->next++);
 }
 
+static PyObject *counter_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    if (PyTuple_GET_SIZE(args) || (kw && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "Counter() takes no arguments (it counts from 0)");
+        return NULL;
+    }
+    return PyType_GenericNew(type, args, kw);
+}
+
 static PyObject *counter_repr(Counter *c) {
     return PyUnicode_FromFormat("Counter(%lld)", (long long)c->next);
 }
@@ -210,5 +242,5 @@ PyTypeObject CounterType = {
     .tp_doc = "Counter(): 0, 1, 2, ... as itertools.count() (read unboxed by the hook).",
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)counter_next,
-    .tp_new = PyType_GenericNew,
+    .tp_new = counter_new,
 };

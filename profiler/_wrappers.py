@@ -138,17 +138,16 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
 
 
 def _plain_tensor() -> tuple | None:
-    """(torch.Tensor, its dtype getter, its numel method) when torch.Tensor takes both from
-    TensorBase unchanged: the compiled hook then calls them directly on exact Tensors (skipping
-    two attribute lookups per call) for as long as the type is not modified."""
+    """(torch.Tensor, its dtype getter) when torch.Tensor takes `dtype` from TensorBase: the
+    compiled hook then calls the getter directly on exact Tensors (skipping the attribute lookup)
+    for as long as the type is not modified. A data descriptor, so no instance attribute can
+    shadow it (`numel`, a method, can be: it is always looked up)."""
     import torch
 
-    base = vars(torch._C.TensorBase)
-    dtype, numel = base.get("dtype"), base.get("numel")
-    if (dtype is None or numel is None or inspect.getattr_static(torch.Tensor, "dtype") is not dtype
-            or inspect.getattr_static(torch.Tensor, "numel") is not numel):
+    dtype = vars(torch._C.TensorBase).get("dtype")
+    if dtype is None or inspect.getattr_static(torch.Tensor, "dtype") is not dtype:
         return None
-    return torch.Tensor, dtype, numel
+    return torch.Tensor, dtype
 
 
 def entry_row(entry: tuple, tid: int) -> list:

@@ -10,9 +10,11 @@ C code hands back to Python (async calls, bad arguments, errors, values that are
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import itertools
 import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -175,23 +177,113 @@ def test_index_ints_become_a_packed_record(tmp_path, path):
 
 
 def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path):
-    """The compiled hook calls TensorBase's dtype and numel directly on a plain Tensor; a
-    subclass, or torch.Tensor once modified, is asked the ordinary way."""
+    """The compiled hook calls TensorBase's dtype getter directly on a plain Tensor; a subclass,
+    torch.Tensor once modified, or an instance's own attribute is honoured as by the Python
+    wrapper."""
 
     class Counted(torch.Tensor):
         def numel(self) -> int:
             return 5
 
-    t = torch.ones(3)
+        @property
+        def dtype(self):
+            return torch.float16
+
+    t, own = torch.ones(3), torch.ones(3)
+    own.numel = lambda: 13  # an instance attribute shadows the method
     with profiler.trace(tmp_path) as s:
         dist.all_reduce(t)
         dist.all_reduce(t)
         dist.all_reduce(torch.ones(3).as_subclass(Counted))
+        dist.all_reduce(own)
         with pytest.MonkeyPatch.context() as m:
             m.setattr(torch.Tensor, "numel", lambda self: 11)
+            m.setattr(torch.Tensor, "dtype", property(lambda self: torch.int8), raising=False)
             dist.all_reduce(t)
         dist.all_reduce(t)
-    assert session_events(s)["count"].tolist() == [3, 3, 5, 11, 3]
+    df = session_events(s)
+    assert df["count"].tolist() == [3, 3, 5, 13, 11, 3]
+    assert df["dtype"].tolist() == ["float32", "float32", "float16", "float32", "int8",
+                                    "float32"]
+
+
+class _Interrupted:
+    """numel() raises KeyboardInterrupt (a Ctrl-C landing in Python code the hook calls)."""
+
+    dtype = torch.float32
+    calls = 0
+
+    def numel(self) -> int:
+        self.calls += 1
+        raise KeyboardInterrupt
+
+
+class _MarksBusy:
+    """numel() leaves the thread marked busy, as an unbalanced unrecorded() block would."""
+
+    dtype = torch.float32
+
+    def numel(self) -> int:
+        RECORDER.busy[threading.get_ident()] = True
+        return 2
+
+
+def test_interrupts_propagate_and_a_busy_mark_set_meanwhile_is_replaced(tmp_path, path):
+    spec = next(s for s in _ops.DIST_APIS if s.name == "all_reduce")
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(1))  # registers the default group's counter
+        wrapped = _wrappers.make_wrapper(RECORDER, 0, spec, lambda *a, **k: "done", True)
+        x = _Interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            wrapped(x)
+        assert x.calls == 1  # not swallowed and retried on another path
+        assert wrapped(_MarksBusy()) == "done"
+        assert threading.get_ident() not in RECORDER.busy
+        dist.all_reduce(torch.ones(3))  # so the thread is recorded again
+    assert session_events(s)["count"].tolist() == [1, 2, 3]
+
+
+@built
+@pytest.mark.parametrize("change", ["remove", "grow"])
+@pytest.mark.parametrize("read", ["pop", "items", "getitem"])
+def test_busy_map_reads_survive_a_collection_that_changes_the_map(tmp_path, change, read):
+    """Reading the compiled hook's entry builds tuples; a collection they trigger can run a
+    finalizer that changes the map: the read must neither crash nor pair wrong values."""
+    busy, spec, got = RECORDER.busy, next(s for s in _ops.DIST_APIS if s.name == "all_reduce"), []
+
+    class Bomb:
+        def __del__(self):
+            if change == "remove":
+                busy.pop(threading.get_ident(), None)
+            else:
+                for k in range(64):  # the slot array is reallocated
+                    busy[10**6 + k] = True
+
+    def orig(*args, **kwargs):
+        tid = threading.get_ident()
+        keep = [(i, i, i, i) for i in range(3000)] + [(i,) * 7 for i in range(3000)]
+        b = Bomb()
+        b.me = b  # cyclic garbage with a finalizer
+        del b
+        gc.set_threshold(1)
+        try:
+            got.append(busy.pop(tid) if read == "pop" else
+                       dict(busy.items())[tid] if read == "items" else busy[tid])
+        finally:
+            gc.set_threshold(700)
+        del keep
+        return "done"
+
+    with profiler.trace(tmp_path):
+        dist.all_reduce(torch.ones(1))
+        wrapped = _wrappers.make_wrapper(RECORDER, 0, spec, orig, True)
+        assert type(wrapped).__name__ == "Hook"
+        assert wrapped(torch.ones(3)) == "done"
+        for k in range(10**6, 10**6 + 64):
+            busy.pop(k, None)
+        assert threading.get_ident() not in busy
+    api_idx, _, info, gi, pg_seq, seq, ph = got[0]
+    assert (api_idx, info[1:], gi.name, pg_seq, seq, ph) == (0, (3, 3, 3), "0", 1, 1, None)
 
 
 @built
@@ -206,6 +298,11 @@ def test_busy_map_and_counter_behave_as_dict_and_itertools_count():
         m[11] = True
     assert busy.items() == list(ref.items()) == [(5, "replaced"), (9, ("entry",)), (11, True)]
     assert (5 in busy, 7 in busy, "5" in busy, len(busy)) == (True, False, False, 3)
+    for key in ("x", -1, 2**70, 1.0):  # never a thread ident: absent, as from a dict
+        assert busy.pop(key, "default") == ref.pop(key, "default") == "default"
+        for m in (busy, ref):
+            with pytest.raises(KeyError):
+                m[key]
     assert busy.pop(9) == ("entry",) and busy.pop(9, None) is None and busy[11] is True
     for missing in (lambda: busy[9], lambda: busy.pop(9), lambda: busy.__delitem__(9)):
         with pytest.raises(KeyError):
@@ -213,6 +310,8 @@ def test_busy_map_and_counter_behave_as_dict_and_itertools_count():
     c, r = _columns._chook.Counter(), itertools.count()
     assert [next(c) for _ in range(5)] == [next(r) for _ in range(5)] == [0, 1, 2, 3, 4]
     assert iter(c) is c
+    with pytest.raises(TypeError):
+        _columns._chook.Counter(5)  # counts from 0 only
 
 
 @built
