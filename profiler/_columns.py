@@ -81,10 +81,10 @@ class _Records(array):
 
 class ColumnBuffer:
     """A session's packed records (`FIELDS`, int64 each) since the last flush: `ints` is the
-    compiled hook's `Records` when it is built (the hook appends in C), else an `array('q')`;
-    both take `frombytes(record)` and `len()` in int64 values, and carry `flush_at`: the
-    length at which the hot path flushes the session (so it compares two numbers of one
-    object)."""
+    compiled hook's `Records` when it is built (the hook appends in C), else an `array('q')`
+    (`_Records`); both take `frombytes(record)` and `len()` in int64 values, and carry
+    `flush_at`: the length at which the hot path flushes the session (so it compares two
+    numbers of one object)."""
 
     __slots__ = ("ints",)
 
