@@ -47,6 +47,9 @@ def phase(name: str, step: int | None = None) -> Iterator[PhaseFrame]:
         raise ValueError(f"phase name must be a non-empty string, got {name!r}")
     if step is not None and not isinstance(step, int):
         raise TypeError(f"phase step must be an int or None, got {type(step).__name__}")
+    if step is not None and not -(1 << 63) < step < (1 << 63):
+        # The trace stores steps as int64, and int64's minimum marks "no step".
+        raise ValueError(f"phase step must fit in int64 (and not be -2**63), got {step}")
     parent = _CURRENT.get()
     if parent is None:
         frame = PhaseFrame(name, name, step)

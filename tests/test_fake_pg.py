@@ -52,6 +52,9 @@ def test_phases_nest_and_steps_inherit(tmp_path):
     assert df["phase_path"].tolist()[1:] == ["generate", "generate/decode", "generate/decode/attn"]
     assert df["step"].tolist()[2:] == [4, 4]
     assert df["step"].isna().tolist()[:2] == [True, True]
+    for bad in (2**63, -(2**63)):  # beyond the trace's int64, and its "no step" marker
+        with pytest.raises(ValueError, match="int64"), profiler.phase("decode", step=bad):
+            pass
 
 
 def test_label_group_applies_to_events_before_the_label(tmp_path):
