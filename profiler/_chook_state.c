@@ -20,7 +20,16 @@ Py_ssize_t busy_find(const Busy *b, unsigned long tid) {
     return -1;
 }
 
-static void slot_release(BusySlot *s);
+/* Take or drop a reference to every object a slot holds. */
+static void slot_hold(BusySlot *s) {
+    Py_XINCREF(s->value); Py_XINCREF(s->api_idx); Py_XINCREF(s->dtype);
+    Py_XINCREF(s->gi); Py_XINCREF(s->ph);
+}
+
+static void slot_release(BusySlot *s) {
+    Py_XDECREF(s->value); Py_XDECREF(s->api_idx); Py_XDECREF(s->dtype);
+    Py_XDECREF(s->gi); Py_XDECREF(s->ph);
+}
 
 int busy_set(Busy *b, const BusySlot *slot) {
     Py_ssize_t i = busy_find(b, slot->tid);
@@ -39,11 +48,6 @@ int busy_set(Busy *b, const BusySlot *slot) {
     }
     b->slots[b->n++] = *slot;
     return 0;
-}
-
-static void slot_release(BusySlot *s) {
-    Py_XDECREF(s->value); Py_XDECREF(s->api_idx); Py_XDECREF(s->dtype);
-    Py_XDECREF(s->gi); Py_XDECREF(s->ph);
 }
 
 void busy_remove(Busy *b, Py_ssize_t i) {
@@ -68,8 +72,6 @@ PyObject *entry_tuple(const BusySlot *s) {
 /* What Python sees stored for slot `i` (new reference). Building an entry tuple allocates, and
  * a collection then can run code that changes the map: the slot is copied and its objects held
  * first, and callers look the thread up again afterwards. */
-static void slot_hold(BusySlot *s);
-
 static PyObject *slot_value(Busy *b, Py_ssize_t i) {
     BusySlot s = b->slots[i];
     if (s.value) return Py_NewRef(s.value);
@@ -135,11 +137,6 @@ static PyObject *busy_pop(Busy *b, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *v = slot_value(b, i);
     if (v && (i = busy_find(b, tid)) >= 0) busy_remove(b, i); /* the table may have moved */
     return v;
-}
-
-static void slot_hold(BusySlot *s) {
-    Py_XINCREF(s->value); Py_XINCREF(s->api_idx); Py_XINCREF(s->dtype);
-    Py_XINCREF(s->gi); Py_XINCREF(s->ph);
 }
 
 static PyObject *busy_items(Busy *b, PyObject *unused) {
