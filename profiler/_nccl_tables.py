@@ -351,7 +351,7 @@ def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict) -> pd.Data
     communicators are few, one row per key as `communicators_table` makes them; the
     collectives are millions). `codes` holds what the caller knows already (may be empty):
     "host"/"comm" as (codes, distinct values), "gather" (a bool per row) and "count_elem"
-    (count, elem_bytes and where elem_bytes is NA, as numpy arrays)."""
+    (count and elem_bytes as numpy arrays, and where either is NA)."""
     if colls.empty:
         for c in ("rank", "pg_size", "bytes", "nccl_seq"):
             colls[c] = pd.Series(dtype="Int64")
@@ -380,13 +380,14 @@ def join_ranks(colls: pd.DataFrame, comms: pd.DataFrame, codes: dict) -> pd.Data
     gather = codes.get("gather")
     if gather is None:
         gather = colls["op"].isin(GATHER_LIKE).to_numpy()
-    given = codes.get("count_elem")
-    if given is not None:  # numpy on the caller's arrays: what the masked product below gives
-        count, elem, elem_na = given
-        colls["bytes"] = _masked(count * elem * np.where(gather, pg, 1), elem_na | gather & pg_na)
-    else:
-        mult = _masked(np.where(gather, pg, 1), gather & pg_na)
-        colls["bytes"] = colls["count"] * colls["elem_bytes"] * pd.Series(mult, index=colls.index)
+    count_elem = codes.get("count_elem")
+    if count_elem is None:
+        count, elem = colls["count"], colls["elem_bytes"]
+        count_elem = (count.to_numpy(np.int64, na_value=0), elem.to_numpy(np.int64, na_value=0),
+                      (count.isna() | elem.isna()).to_numpy())
+    count, elem, count_elem_na = count_elem
+    colls["bytes"] = _masked(count * elem * np.where(gather, pg, 1),
+                             count_elem_na | gather & pg_na)
     code, uniq = pd.factorize(g)
     colls["nccl_seq"] = _cumcount(code.astype(np.int64, copy=False), len(uniq))
     return colls

@@ -15,6 +15,7 @@ time) when it is built, else by the sorted arrays below, the reference a test ho
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -131,13 +132,14 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
     c_tc, t_tc = tc[:n_c], tc[n_c:]
     # Thread code -> dense process code (the process is the thread id's bits above 22).
     proc_of = np.unique(threads.astype(np.int64, copy=False) >> 22, return_inverse=True)[1]
-    vote = None  # -> the per-thread-code direction (`_before_style`), when needed
+    # The per-thread-code direction, needed unless the compiled walk decides everything.
+    style = functools.partial(_before_style, c_tc, c_order, c_op, (c_b1, c_b2), t_tc, t_order,
+                              t_op, t_bytes, n_threads, proc_of)
+    vote = None
     if _nccl_scan._CSCAN is None:
-        # The direction vote runs on a second thread while this one sorts (numpy releases the
-        # GIL).
+        # It runs on a second thread while this one sorts (numpy releases the GIL).
         pool = ThreadPoolExecutor(1)
-        vote = pool.submit(_before_style, c_tc, c_order, c_op, (c_b1, c_b2), t_tc, t_order,
-                           t_op, t_bytes, n_threads, proc_of).result
+        vote = pool.submit(style)
         pool.shutdown(wait=False)
     # Probes: (size 1 | size 2) x (the collective's own name | "no name" tuning lines).
     wild = bool((t_op < 0).any())
@@ -159,9 +161,6 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
                     p_c, kinds, grp, n_grp, proc_of)
         if got is not None:
             return got
-        per_thread = _before_style(c_tc, c_order, c_op, (c_b1, c_b2), t_tc, t_order, t_op,
-                                   t_bytes, n_threads, proc_of)
-        vote = lambda: per_thread  # noqa: E731
     # Group by group, each group in log order (the group order itself does not matter: every
     # step below only looks within a group).
     perm = _by_group(np.concatenate([c_order[p_c], t_order]), grp, n_grp)
@@ -180,7 +179,7 @@ def attach_tuning(c_thread, c_order, c_op, c_b1, c_b2, c_comm, t_thread, t_order
     b_ok = prev >= 0
     b_ok[b_ok] = is_t[prev[b_ok]] & (grp[prev[b_ok]] == grp[probe_pos[b_ok]])
     probe_c = p_c[perm[probe_pos]]
-    use_before = vote()[c_tc[probe_c]]
+    use_before = (style() if vote is None else vote.result())[c_tc[probe_c]]
     chosen = np.where(use_before, prev, after)
     ok = np.where(use_before, b_ok, a_ok)
     if not ok.any():
