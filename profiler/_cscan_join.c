@@ -45,16 +45,26 @@ CSCAN_DOC(cscan_gather_doc,
 "int64 `offsets` of an Arrow large_string array, in buffers from `alloc(nbytes)`. Spans may\n"
 "repeat and come in any order; one outside `buf` raises ValueError.");
 
+/* gather's and take's arguments: three buffers (`bytes_at` is the byte string, the others
+ * int64 arrays) and the allocator. 0 with all three taken, or -1 with none held. */
+static int three_buffers(PyObject *args, const char *format, int bytes_at, Py_buffer v[3],
+                         PyObject **alloc) {
+    PyObject *objs[3];
+    if (!PyArg_ParseTuple(args, format, &objs[0], &objs[1], &objs[2], alloc)) return -1;
+    for (int got = 0; got < 3; got++)
+        if (PyObject_GetBuffer(objs[got], &v[got],
+                               got == bytes_at ? PyBUF_SIMPLE : PyBUF_C_CONTIGUOUS) < 0) {
+            while (got-- > 0) PyBuffer_Release(&v[got]);
+            return -1;
+        }
+    return 0;
+}
+
 PyObject *cscan_gather(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objs[3], *alloc, *res = NULL;
+    PyObject *alloc, *res = NULL;
     Py_buffer v[3];
-    int got = 0;
-    if (!PyArg_ParseTuple(args, "OOOO:gather", &objs[0], &objs[1], &objs[2], &alloc))
-        return NULL;
-    for (; got < 3; got++)
-        if (PyObject_GetBuffer(objs[got], &v[got], got ? PyBUF_C_CONTIGUOUS : PyBUF_SIMPLE) < 0)
-            goto done;
+    if (three_buffers(args, "OOOO:gather", 0, v, &alloc) < 0) return NULL;
     Py_ssize_t n = v[1].len / (Py_ssize_t)sizeof(int64_t), total = 0;
     if (v[2].len != v[1].len || v[1].len % (Py_ssize_t)sizeof(int64_t)) {
         PyErr_SetString(PyExc_ValueError, "gather: starts and ends must be int64 of one length");
@@ -70,7 +80,7 @@ PyObject *cscan_gather(PyObject *self, PyObject *args) {
     }
     res = concat_spans(alloc, v[0].buf, n, total, s, e, NULL);
 done:
-    while (got-- > 0) PyBuffer_Release(&v[got]);
+    for (int i = 0; i < 3; i++) PyBuffer_Release(&v[i]);
     return res;
 }
 
@@ -82,13 +92,9 @@ CSCAN_DOC(cscan_take_doc,
 
 PyObject *cscan_take(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *objs[3], *alloc, *res = NULL;
+    PyObject *alloc, *res = NULL;
     Py_buffer v[3];
-    int got = 0;
-    if (!PyArg_ParseTuple(args, "OOOO:take", &objs[0], &objs[1], &objs[2], &alloc)) return NULL;
-    for (; got < 3; got++)
-        if (PyObject_GetBuffer(objs[got], &v[got], got == 1 ? PyBUF_SIMPLE : PyBUF_C_CONTIGUOUS))
-            goto done;
+    if (three_buffers(args, "OOOO:take", 1, v, &alloc) < 0) return NULL;
     const int64_t *so = v[0].buf, *idx = v[2].buf;
     Py_ssize_t n_src = v[0].len / (Py_ssize_t)sizeof(int64_t) - 1, total = 0;
     Py_ssize_t n = v[2].len / (Py_ssize_t)sizeof(int64_t);
@@ -104,7 +110,7 @@ PyObject *cscan_take(PyObject *self, PyObject *args) {
     }
     res = concat_spans(alloc, v[1].buf, n, total, so, so + 1, idx);  /* row j: so[j]..so[j+1] */
 done:
-    while (got-- > 0) PyBuffer_Release(&v[got]);
+    for (int i = 0; i < 3; i++) PyBuffer_Release(&v[i]);
     return res;
 }
 
