@@ -49,6 +49,12 @@ def _decode(codes: np.ndarray, dictionary: list, typ: pa.DataType) -> pa.Array:
     if typ != pa.string():
         return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()),
                                               pa.array(dictionary, typ)).cast(typ)
+    if len(set(dictionary)) < len(dictionary):
+        # One entry per value: the Parquet writer stores a dictionary holding a value twice
+        # (several APIs of one op, one capture kind for all) as plain strings, ~2x the cost.
+        first: dict = {}
+        remap = np.array([first.setdefault(v, len(first)) for v in dictionary], np.int32)
+        codes, dictionary = remap[codes], list(first)
     if None in dictionary:
         # Null rows as masked codes (Arrow cannot merge dictionaries holding nulls). With nulls
         # present the Parquet writer takes min/max over the whole dictionary, so it keeps only

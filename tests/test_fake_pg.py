@@ -385,3 +385,31 @@ def test_part_files_read_back_with_the_schema_metadata_and_true_statistics(tmp_p
     assert (stats["op"].min, stats["op"].max) == ("all_reduce", "broadcast")
     assert table["phase"].to_pylist() == [None, "prefill", "decode"]
     assert table["api"].to_pylist() == ["all_reduce", "all_reduce", "broadcast"]
+
+
+def test_string_columns_are_stored_dictionary_encoded(tmp_path):
+    """Several APIs share an op and all share a capture kind: the writer still stores one
+    dictionary entry per value (a Parquet writer given a dictionary that holds a value twice
+    falls back to plain strings on every row, ~2x the write cost), packed and raw rows alike."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    with profiler.trace(tmp_path, run_name="dict") as s:
+        dist.all_reduce(torch.ones(2))
+        dist.all_gather_into_tensor(torch.empty(2 * WORLD), torch.ones(2))
+        dist.all_reduce(torch.ones(2), async_op=True).wait()   # a raw row in the same part
+        dist.broadcast(torch.ones(2), src=0)
+    (part,) = glob.glob(f"{s.rank_dir}/part-*-00000.parquet")
+    rg = pq.read_metadata(part).row_group(0)
+    chunks = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
+    strings = [f.name for f in profiler.arrow_schema() if f.type == "string"]
+    assert len(strings) == 16
+    plain = [c for c in strings if "RLE_DICTIONARY" not in chunks[c].encodings]
+    assert plain == []
+    table = pq.read_table(part)
+    assert table["api"].to_pylist() == ["all_reduce", "all_gather_into_tensor", "all_reduce",
+                                        "broadcast"]
+    assert table["op"].to_pylist() == ["all_reduce", "all_gather", "all_reduce", "broadcast"]
+    assert table["capture"].to_pylist() == ["hook"] * 4
+    assert table["completion"].to_pylist() == ["return", "return", "wait", "return"]
