@@ -207,6 +207,24 @@ def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path
                                     "float32"]
 
 
+def test_element_counts_of_plain_tensors(tmp_path, path):
+    """Views, dtypes of every size, a sparse tensor, an empty one and the two tensors of an
+    all_gather count the same on both paths."""
+    calls = [((torch.ones(4, 6)[:, ::2],), 12), ((torch.ones(5, dtype=torch.float16),), 5),
+             ((torch.ones(2, dtype=torch.complex64),), 2), ((torch.ones(7, dtype=torch.bool),), 7),
+             ((torch.ones(3).to_sparse(),), 3), ((torch.ones(0),), 0)]
+    with profiler.trace(tmp_path) as s:
+        for args, _ in calls:
+            dist.all_reduce(*args)
+        dist.all_gather_into_tensor(torch.empty(4 * WORLD), torch.ones(4))
+    df = session_events(s)
+    assert df["count"].tolist() == [n for _, n in calls] + [4]
+    assert df["bytes"].tolist() == [48, 10, 16, 7, 12, 0, 16 * WORLD]
+    assert df["out_bytes"].tolist()[-1] == 16 * WORLD
+    assert df["dtype"].tolist() == ["float32", "float16", "complex64", "bool", "float32",
+                                    "float32", "float32"]
+
+
 class _Interrupted:
     """numel() raises KeyboardInterrupt (a Ctrl-C landing in Python code the hook calls)."""
 
