@@ -8,7 +8,8 @@ It prints which hook runs (the compiled one, or the pure-Python fallback), then,
 difference taken in this one run:
 1. Sustained: whole sessions (open, N calls with several part files written, close) against the
    same N calls untraced, alternating; added wall time per call, the calling thread's CPU, and
-   the per-session part (open and close), which N amortises.
+   the per-session part (open and close), which N amortises. A third arm runs the same sessions
+   with no part encoded or written: the difference is what the writer thread costs the caller.
 2. Hook cost per call on the single-process fake process group (same Python path as a real
    backend, ~0.02 us noise): untraced and traced blocks alternate; the median of the per-pair
    differences is the added time per call. Default and capture="full" modes.
@@ -72,37 +73,63 @@ def fake_pg_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, fl
     return _summary(base, traced)
 
 
-def sustained_overhead(n: int, flush_events: int, rounds: int, out: str
-                       ) -> tuple[float, float, float, float, int, float, float]:
+def _session_calls(n: int, t: torch.Tensor, out: str, name: str) -> tuple[int, int, int, int]:
+    """One whole session around n calls: open, calls and close in ns of wall time, parts."""
+    t0 = time.perf_counter_ns()
+    s = profiler.trace(out, run_name=name, flush_events=65536).open()
+    t1 = time.perf_counter_ns()
+    fn = dist.all_reduce
+    for _ in range(n):
+        fn(t)
+    t2 = time.perf_counter_ns()
+    s.close()
+    return t1 - t0, t2 - t1, time.perf_counter_ns() - t2, s.parts
+
+
+def sustained_overhead(n: int, rounds: int, out: str) -> dict:
     """The honest figure: a whole session (open, n calls with several flushes, close, final
-    write) against the same n calls untraced, alternating `rounds` times in this run. Returns
-    medians (untraced us/call, traced us/call, added us/call of wall time, added us/call of the
-    calling thread's CPU time), the parts per session, and the median open and close times
-    (ms): the per-session part of the added time. Wall minus CPU is what the calling thread
-    spent waiting (for the GIL or a core while the writer thread ran)."""
+    write) against the same n calls untraced, alternating `rounds` times in this run. A third
+    arm runs the same sessions with each part's encoding and writing replaced by nothing
+    (`TraceSession._write_part`), so the difference between the two traced arms is what the
+    writer thread costs the calling thread. Returns medians (us/call: untraced, traced, added
+    wall and CPU time of the calling thread, added wall and CPU with no part written), the parts
+    per session and the median open and close times (ms). Wall minus CPU is what the calling
+    thread spent waiting (for the GIL or a core while the writer thread ran)."""
+    from commscope.profiler._session import TraceSession
+
+    write_part = TraceSession._write_part
+
+    def no_write(self, rows, packed, keys, groups, part, first):  # same job, nothing written
+        if first:
+            self._write_metadata(final=False)
+        return ""
+
     t = torch.ones(1)
-    base, traced, cpu, opens, closes, parts = [], [], [], [], [], 0
+    base, bcpu, traced, cpu, bare, bare_cpu, opens, closes = ([] for _ in range(8))
     for r in range(rounds):
         c0 = time.thread_time_ns()
         base.append(_block(n, t))
-        c1 = time.thread_time_ns()
-        t0 = time.perf_counter_ns()
-        s = profiler.trace(out, run_name=f"sustained-{r}", flush_events=flush_events).open()
-        t1 = time.perf_counter_ns()
-        fn = dist.all_reduce
-        for _ in range(n):
-            fn(t)
-        t2 = time.perf_counter_ns()
-        s.close()
-        t3 = time.perf_counter_ns()
-        traced.append((t3 - t0) / n / 1e3)
-        cpu.append(((time.thread_time_ns() - c1) - (c1 - c0)) / n / 1e3)
-        opens.append((t1 - t0) / 1e6)
-        closes.append((t3 - t2) / 1e6)
-        parts = s.parts
-    b, tr = statistics.median(base), statistics.median(traced)
-    return (b, tr, statistics.median(y - x for x, y in zip(base, traced)),
-            statistics.median(cpu), parts, statistics.median(opens), statistics.median(closes))
+        bcpu.append((time.thread_time_ns() - c0) / n / 1e3)
+        for arm, (wall, cpus) in (("traced", (traced, cpu)), ("bare", (bare, bare_cpu))):
+            TraceSession._write_part = write_part if arm == "traced" else no_write
+            try:
+                c0 = time.thread_time_ns()
+                o, c, cl, parts = _session_calls(n, t, out, f"sustained-{arm}-{r}")
+                cpus.append((time.thread_time_ns() - c0) / n / 1e3)
+            finally:
+                TraceSession._write_part = write_part
+            wall.append((o + c + cl) / n / 1e3)
+            if arm == "traced":
+                opens.append(o / 1e6)
+                closes.append(cl / 1e6)
+
+    def added(xs, ys):
+        return statistics.median(y - x for x, y in zip(xs, ys))
+
+    return {"untraced": statistics.median(base), "traced": statistics.median(traced),
+            "added": added(base, traced), "cpu": added(bcpu, cpu),
+            "bare": added(base, bare), "bare_cpu": added(bcpu, bare_cpu), "parts": parts,
+            "open": statistics.median(opens), "close": statistics.median(closes)}
 
 
 def full_capture_overhead(pairs: int, calls: int, out: str) -> tuple[float, float, float]:
@@ -246,13 +273,18 @@ def main() -> None:
         print(f"torch {torch.__version__}, {os.cpu_count()} cores; blocks of {a.calls} calls, "
               f"{a.pairs} alternating pairs")
         print(f"[hook] {_hook_kind()}")
-        b, t, d, dc, parts, op, cl = sustained_overhead(
-            a.sustained_events, 65536, a.sustained_rounds, os.path.join(out, "sustained"))
-        print(f"[sustained, fake pg] {a.sustained_events:,} calls: untraced {b:.2f} us/call; "
-              f"whole session (open, calls, {parts} parts written, close) {t:.2f} us/call; added "
-              f"{d:+.2f} us/call (median of {a.sustained_rounds} alternating rounds); the calling "
-              f"thread's CPU {dc:+.2f} us/call; of the added time, open {op:.1f} ms and close "
-              f"{cl:.1f} ms per session ({(op + cl) * 1e3 / a.sustained_events:.2f} us/call)")
+        r = sustained_overhead(a.sustained_events, a.sustained_rounds,
+                               os.path.join(out, "sustained"))
+        n = a.sustained_events
+        print(f"[sustained, fake pg] {n:,} calls: untraced {r['untraced']:.2f} us/call; whole "
+              f"session (open, calls, {r['parts']} parts written, close) {r['traced']:.2f} "
+              f"us/call; added {r['added']:+.2f} us/call (median of {a.sustained_rounds} "
+              f"alternating rounds); the calling thread's CPU {r['cpu']:+.2f} us/call; of the "
+              f"added time, open {r['open']:.1f} ms and close {r['close']:.1f} ms per session "
+              f"({(r['open'] + r['close']) * 1e3 / n:.2f} us/call)")
+        print(f"[sustained, no part written] the same sessions with encoding and writing "
+              f"replaced by nothing: added {r['bare']:+.2f} us/call (CPU {r['bare_cpu']:+.2f}); "
+              f"the writer thread costs the calling thread {r['added'] - r['bare']:+.2f} us/call")
         runs = () if a.only_sustained else (("default", fake_pg_overhead),
                                             ("full", full_capture_overhead))
         for capture, fn in runs:
