@@ -17,6 +17,7 @@
  */
 #include "_chook.h"
 #include <pythread.h>
+#include <structmember.h> /* T_OBJECT_EX, READONLY: the recorder's slots */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -63,8 +64,8 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     unsigned long tid = PyThread_get_thread_ident();
     if (busy_find(busy, tid) >= 0 || PyList_GET_SIZE(h->sessions) == 0)
         return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
-    PyObject *cuda = PyDict_GetItemWithError(h->rec_dict, s_cuda_timing); /* borrowed */
-    int timed = cuda ? PyObject_IsTrue(cuda) : -1;
+    PyObject *cuda = *(PyObject **)((char *)h->rec + h->off_cuda_timing); /* borrowed */
+    int timed = cuda == Py_False ? 0 : cuda ? PyObject_IsTrue(cuda) : -1;
     if (timed != 0) { if (timed < 0) PyErr_Clear(); goto slow; }
     BusySlot slot = {.tid = tid, .api_idx = h->api_idx};
     slot.t0 = now_ns();
@@ -81,7 +82,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     PyObject *gi = PyDict_GetItemWithError(h->names, group); /* borrowed */
     PyObject *ctr = (gi && PyTuple_Check(gi) && PyTuple_GET_SIZE(gi) > 0)
         ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
-    PyObject *seq_it = ctr ? PyDict_GetItemWithError(h->rec_dict, s_seq) : NULL;
+    PyObject *seq_it = ctr ? *(PyObject **)((char *)h->rec + h->off_seq) : NULL;
     if (!seq_it) { /* a group's first call (or an unhashable group): Python resolves it */
         clear_ordinary();
         Py_DECREF(slot.dtype);
@@ -158,6 +159,20 @@ slow:
     return PyObject_Vectorcall(h->slow, args, nargsf, kwnames);
 }
 
+/* Offset of the object slot `name` of rec's type (a `__slots__` member), or -1 with an error. */
+static Py_ssize_t slot_offset(PyObject *rec, PyObject *name) {
+    PyObject *d = PyObject_GetAttr((PyObject *)Py_TYPE(rec), name); /* the member descriptor */
+    Py_ssize_t off = -1;
+    if (d && Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type == T_OBJECT_EX && !(m->flags & READONLY)) off = m->offset;
+    }
+    Py_XDECREF(d);
+    if (off < 0 && !PyErr_Occurred())
+        PyErr_Format(PyExc_TypeError, "Hook: the recorder has no object slot %R", name);
+    return off;
+}
+
 static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"orig", "slow", "rec", "api_idx", "params", "count", "other",
                              "other_is_out", "group", "async_op", "key_code", "phase_var",
@@ -196,26 +211,25 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PyObject *counters = sessions ? PyObject_GetAttrString(rec, "counters") : NULL;
     PyObject *groups = counters ? PyObject_GetAttrString(rec, "groups") : NULL;
     PyObject *names = groups ? PyObject_GetAttrString(groups, "_names") : NULL;
-    PyObject *rec_dict = names ? PyObject_GetAttrString(rec, "__dict__") : NULL;
+    Py_ssize_t off_cuda_timing = names ? slot_offset(rec, s_cuda_timing) : -1;
+    Py_ssize_t off_seq = off_cuda_timing >= 0 ? slot_offset(rec, s_seq) : -1;
     Py_XDECREF(groups);
-    if (!rec_dict || !PyDict_Check(rec_dict) || !Py_IS_TYPE(busy, &BusyType) ||
-        !PyList_Check(sessions) ||
+    if (off_seq < 0 || !Py_IS_TYPE(busy, &BusyType) || !PyList_Check(sessions) ||
         !PyDict_Check(counters) || !PyDict_Check(names) || !PyContextVar_CheckExact(phase_var)) {
         Py_XDECREF(busy); Py_XDECREF(sessions); Py_XDECREF(counters); Py_XDECREF(names);
-        Py_XDECREF(rec_dict);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Hook: unexpected recorder");
         return NULL;
     }
     Hook *h = (Hook *)type->tp_alloc(type, 0);
     if (!h) {
         Py_DECREF(busy); Py_DECREF(sessions); Py_DECREF(counters); Py_DECREF(names);
-        Py_DECREF(rec_dict);
         return NULL;
     }
     h->vectorcall = (vectorcallfunc)hook_vectorcall;
     h->orig = Py_NewRef(orig); h->slow = Py_NewRef(slow);
     h->busy = busy; h->sessions = sessions; h->counters = counters; h->names = names;
-    h->rec_dict = rec_dict;
+    h->rec = Py_NewRef(rec);
+    h->off_cuda_timing = off_cuda_timing; h->off_seq = off_seq;
     h->key_code = Py_NewRef(key_code); h->phase_var = Py_NewRef(phase_var);
     h->fail = Py_NewRef(fail); h->raw = Py_NewRef(raw);
     h->api_idx = Py_NewRef(api_idx); h->params = Py_NewRef(params);
@@ -237,7 +251,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 /* Every object field, once: traverse and clear expand the same list. */
 #define HOOK_OBJECTS(X) X(dict) X(orig) X(slow) X(busy) X(sessions) X(counters) X(names) \
     X(key_code) X(phase_var) X(fail) X(raw) X(api_idx) X(params) X(last_dt) X(last_gi) X(last_ph) \
-    X(cached_session) X(cached_ints) X(rec_dict) X(tensor_type) X(dtype_get)
+    X(cached_session) X(cached_ints) X(rec) X(tensor_type) X(dtype_get)
 
 static int hook_traverse(Hook *h, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(h->field);

@@ -56,7 +56,10 @@ typedef struct {
     PyObject *last_dt, *last_gi, *last_ph;
     int64_t last_code, last_step;
     PyObject *cached_session, *cached_ints; /* a weak reference to the session; its buffer */
-    PyObject *rec_dict; /* rec.__dict__: cuda_timing and seq are read from it directly */
+    /* The recorder, whose `cuda_timing` and `seq` slots (Recorder.__slots__) are read at these
+     * offsets on every call: a pointer read instead of a dict lookup. */
+    PyObject *rec;
+    Py_ssize_t off_cuda_timing, off_seq;
     /* torch.Tensor and TensorBase's dtype getter (or NULL): called directly on an exact Tensor
      * while the type is unmodified (its version tag is still `tensor_tag`). A data descriptor:
      * no instance attribute can shadow it. */

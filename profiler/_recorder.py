@@ -42,6 +42,9 @@ _BATCH_RECV = register_api("batch_isend_irecv", P2P_RECV)
 class Recorder:
     """Process-wide hook state: installed patches, counters, pending async work, sessions."""
 
+    # Read by the compiled hook on every call straight from the instance (no dict lookup).
+    __slots__ = ("cuda_timing", "seq", "__dict__")
+
     #: A fresh seq/pg_seq counter: 0, 1, 2, ... (the compiled hook reads a `Counter` unboxed).
     new_counter = _Counter
 

@@ -225,6 +225,24 @@ def test_element_counts_of_plain_tensors(tmp_path, path):
                                     "float32", "float32"]
 
 
+@built
+def test_the_hook_reads_the_recorders_slots_on_every_call(tmp_path, monkeypatch):
+    """`cuda_timing` and `seq` are read from the recorder at each call (Recorder.__slots__): a
+    change is seen at the next call, as by the Python wrapper."""
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(1))  # a group's first call: the Python path
+        dist.all_reduce(torch.ones(1))
+        assert (len(s._cols.ints), len(s._buf)) == (2 * _columns.K, 0)  # both packed here
+        with monkeypatch.context() as m:
+            m.setattr(RECORDER, "cuda_timing", True)
+            dist.all_reduce(torch.ones(1))  # CUDA timing: the Python wrapper, a raw row
+        assert (len(s._cols.ints), len(s._buf)) == (2 * _columns.K, 1)
+        RECORDER.seq = RECORDER.new_counter()
+        dist.all_reduce(torch.ones(1))
+        assert len(s._cols.ints) == 3 * _columns.K
+    assert session_events(s)["seq"].tolist() == [0, 0, 1, 2]
+
+
 class _Interrupted:
     """numel() raises KeyboardInterrupt (a Ctrl-C landing in Python code the hook calls)."""
 
