@@ -69,16 +69,20 @@ PyObject *entry_tuple(const BusySlot *s) {
     return e;
 }
 
-/* What Python sees stored for slot `i` (new reference). Building an entry tuple allocates, and
- * a collection then can run code that changes the map: the slot is copied and its objects held
- * first, and callers look the thread up again afterwards. */
+/* What Python sees stored for a held slot (new reference): its value, or the hook's entry. */
+static PyObject *slot_object(const BusySlot *s) {
+    return s->value ? Py_NewRef(s->value) : entry_tuple(s);
+}
+
+/* The same for slot `i`. Building an entry tuple allocates, and a collection then can run code
+ * that changes the map: the slot is copied and its objects held first, and callers look the
+ * thread up again afterwards. */
 static PyObject *slot_value(Busy *b, Py_ssize_t i) {
     BusySlot s = b->slots[i];
-    if (s.value) return Py_NewRef(s.value);
     slot_hold(&s);
-    PyObject *e = entry_tuple(&s);
+    PyObject *o = slot_object(&s);
     slot_release(&s);
-    return e;
+    return o;
 }
 
 /* A key as a thread ident: 0, or -1 (no exception set) for anything that cannot be one, which
@@ -149,7 +153,7 @@ static PyObject *busy_items(Busy *b, PyObject *unused) {
     PyObject *out = PyList_New(0);
     for (Py_ssize_t i = 0; out && i < n; i++) {
         PyObject *k = PyLong_FromUnsignedLong(copy[i].tid);
-        PyObject *v = !k ? NULL : copy[i].value ? Py_NewRef(copy[i].value) : entry_tuple(&copy[i]);
+        PyObject *v = k ? slot_object(&copy[i]) : NULL;
         PyObject *pair = v ? PyTuple_Pack(2, k, v) : NULL;
         Py_XDECREF(k); Py_XDECREF(v);
         if (!pair || PyList_Append(out, pair) < 0) Py_CLEAR(out);
