@@ -89,20 +89,17 @@ def _session_calls(n: int, t: torch.Tensor, out: str, name: str) -> tuple[int, i
 def sustained_overhead(n: int, rounds: int, out: str) -> dict:
     """The honest figure: a whole session (open, n calls with several flushes, close, final
     write) against the same n calls untraced, alternating `rounds` times in this run. A third
-    arm runs the same sessions with each part's encoding and writing replaced by nothing
-    (`TraceSession._write_part`), so the difference between the two traced arms is what the
-    writer thread costs the calling thread. Returns medians (us/call: untraced, traced, added
+    arm runs the same sessions with each part's encoding and writing replaced by nothing (the
+    session module's `columns_to_table` and `write_part`: these sessions buffer packed records
+    only), so the difference between the two traced arms is what the writer thread costs the
+    calling thread. Returns medians (us/call: untraced, traced, added
     wall and CPU time of the calling thread, added wall and CPU with no part written), the parts
     per session and the median open and close times (ms). Wall minus CPU is what the calling
     thread spent waiting (for the GIL or a core while the writer thread ran)."""
-    from commscope.profiler._session import TraceSession
+    from commscope.profiler import _session
 
-    write_part = TraceSession._write_part
-
-    def no_write(self, rows, packed, keys, groups, part, first):  # same job, nothing written
-        if first:
-            self._write_metadata(final=False)
-        return ""
+    encode_write = _session.columns_to_table, _session.write_part
+    nothing = (lambda *args: None, lambda *args: "")
 
     t = torch.ones(1)
     base, bcpu, traced, cpu, bare, bare_cpu, opens, closes = ([] for _ in range(8))
@@ -111,13 +108,14 @@ def sustained_overhead(n: int, rounds: int, out: str) -> dict:
         base.append(_block(n, t))
         bcpu.append((time.thread_time_ns() - c0) / n / 1e3)
         for arm, (wall, cpus) in (("traced", (traced, cpu)), ("bare", (bare, bare_cpu))):
-            TraceSession._write_part = write_part if arm == "traced" else no_write
+            _session.columns_to_table, _session.write_part = \
+                encode_write if arm == "traced" else nothing
             try:
                 c0 = time.thread_time_ns()
                 o, c, cl, parts = _session_calls(n, t, out, f"sustained-{arm}-{r}")
                 cpus.append((time.thread_time_ns() - c0) / n / 1e3)
             finally:
-                TraceSession._write_part = write_part
+                _session.columns_to_table, _session.write_part = encode_write
             wall.append((o + c + cl) / n / 1e3)
             if arm == "traced":
                 opens.append(o / 1e6)
