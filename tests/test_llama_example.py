@@ -3,13 +3,17 @@ traces agree exactly (counts and bytes) with the predicted schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from commscope import analysis
+from commscope import analysis, profiler
 from commscope.models import llama
+from tests.analysis_fixtures import session_events
+from tests.distributed import fake_process_group
 
 W = analysis.Workload(batch=2, prompt_len=16, output_len=8)
 
@@ -42,3 +46,26 @@ def test_no_library_warnings(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Warning" not in r.stderr and "trace:" in r.stdout
+
+
+def test_around_pass_switches_tracing_pass_by_pass(tmp_path):
+    # How benchmarks/e2e_overhead.py alternates traced and untraced passes: `around_pass(i)` is
+    # entered around forward pass i (0 the prefill, i the decode step i - 1), in order.
+    entered = []
+    with fake_process_group(0, 2), profiler.trace(tmp_path) as s:
+        @contextlib.contextmanager
+        def around(i):
+            entered.append(i)
+            (s.resume if i % 2 == 0 else s.pause)()
+            yield
+
+        llama.generate(llama.Config(), llama.Parallel(2, 1), 2, 16, 8, torch.float32,
+                       around_pass=around)
+    assert entered == list(range(8))
+    ev = session_events(s)
+    # Passes 0, 2, 4, 6 traced: the prefill and decode steps 1, 3, 5, each with the TP=2
+    # schedule's 10 calls (the embedding's all_reduce, two per layer, the logits' all_gather).
+    per_pass = ev.groupby(["phase", ev["step"].fillna(-1)]).size().to_dict()
+    assert per_pass == {("prefill", -1): 10, ("decode", 1): 10, ("decode", 3): 10,
+                        ("decode", 5): 10}
+    assert ev["op"].value_counts().to_dict() == {"all_reduce": 36, "all_gather": 4}

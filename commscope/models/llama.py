@@ -20,10 +20,12 @@ untraced warm-up) and returns each run's wall-clock timings (time to first token
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -229,12 +231,16 @@ class Model:
 
 
 def generate(cfg: Config, par: Parallel, batch: int, prompt_len: int, output_len: int,
-             dtype: torch.dtype, *, timings: dict | None = None) -> list[list[int]] | None:
+             dtype: torch.dtype, *, timings: dict | None = None,
+             around_pass: Callable[[int], contextlib.AbstractContextManager] | None = None
+             ) -> list[list[int]] | None:
     """Greedy generation; returns the tokens on first-stage ranks (None elsewhere).
 
     `timings` (a dict) receives this rank's wall clock (time.perf_counter_ns): start_ns,
     first_token_ns (prefill done; on the first stage the sampled tokens are back), step_end_ns
-    (one per decode step) and end_ns."""
+    (one per decode step) and end_ns. `around_pass(i)` returns a context manager entered around
+    forward pass i (0 is the prefill, i the decode step i - 1): benchmarks/e2e_overhead.py
+    switches tracing on and off with it, pass by pass."""
     model = Model(cfg, par, dtype)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     ids = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g, device="cpu")
@@ -249,12 +255,13 @@ def generate(cfg: Config, par: Parallel, batch: int, prompt_len: int, output_len
 
     steps: list[int] = []
     start = clock()
-    with profiler.phase("prefill"):
+    around = around_pass or (lambda i: contextlib.nullcontext())
+    with around(0), profiler.phase("prefill"):
         tok = model.forward(ids, torch.arange(prompt_len))
     first = clock()
     out.append(tok)
     for step in range(output_len - 1):
-        with profiler.phase("decode", step=step):
+        with around(step + 1), profiler.phase("decode", step=step):
             cur = tok if tok is not None else torch.zeros(batch, dtype=torch.int64)
             tok = model.forward(cur[:, None], torch.tensor([prompt_len + step]))
         steps.append(clock())
