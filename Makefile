@@ -11,9 +11,12 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip
 
 # torch is installed only when it is not importable, pinned to the CPU wheel (never a CUDA build).
-$(STAMP): pyproject.toml $(wildcard profiler/*.c profiler/*.h) | $(VPY)
+# The C++ tensor reader needs torch's headers: built after the install, against that torch
+# (optional like the C extensions: the script reports a failure and the hook does without).
+$(STAMP): pyproject.toml $(wildcard profiler/*.c profiler/*.h profiler/*.cpp) | $(VPY)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m commscope.profiler._build_ctensor
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -43,6 +46,7 @@ $(ENGINES)/.installed: pyproject.toml engines/requirements.txt
 	$(EPY) -m pip install -q -r engines/requirements.txt
 	$(EPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(EPY) -m pip install -q -e ".[test]"
+	$(EPY) -m commscope.profiler._build_ctensor
 	touch $@
 
 test-engines: $(ENGINES)/.installed

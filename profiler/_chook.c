@@ -185,15 +185,19 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
                                      &other_is_out, &i_group, &i_async, &key_code, &phase_var,
                                      &fail, &raw, &tensor))
         return NULL;
-    PyObject *tensor_type = NULL, *dtype_get = NULL;
-    if (tensor != Py_None) { /* (torch.Tensor, TensorBase.dtype) */
-        if (!PyArg_ParseTuple(tensor, "O!O;Hook: tensor=(type, dtype getter)", &PyType_Type,
-                              &tensor_type, &dtype_get))
+    PyObject *tensor_type = NULL, *dtype_get = NULL, *numel_meth = NULL, *info = Py_None;
+    void *tensor_info = NULL;
+    if (tensor != Py_None) { /* (torch.Tensor, TensorBase.dtype, TensorBase.numel, capsule) */
+        if (!PyArg_ParseTuple(tensor, "O!OOO;Hook: tensor=(type, dtype getter, numel, info)",
+                              &PyType_Type, &tensor_type, &dtype_get, &numel_meth, &info))
             return NULL;
-        if (!Py_TYPE(dtype_get)->tp_descr_get) {
-            PyErr_SetString(PyExc_TypeError, "Hook: the dtype getter is not a descriptor");
+        if (!Py_TYPE(dtype_get)->tp_descr_get || !PyCallable_Check(numel_meth)) {
+            PyErr_SetString(PyExc_TypeError, "Hook: bad dtype getter or numel method");
             return NULL;
         }
+        if (info != Py_None &&
+            !(tensor_info = PyCapsule_GetPointer(info, "commscope.profiler._ctensor.tensor_info")))
+            return NULL;
     }
     Py_ssize_t np = PyTuple_GET_SIZE(params);
     if (np > MAXP || i_group < 0 || i_group >= np || i_count >= np || i_other >= np ||
@@ -241,6 +245,8 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         if (h->tensor_tag) {
             h->tensor_type = Py_NewRef(tensor_type);
             h->dtype_get = Py_NewRef(dtype_get);
+            h->numel_meth = Py_NewRef(numel_meth);
+            h->tensor_info = (int (*)(PyObject *, int64_t *, int *))tensor_info;
         }
     }
     h->nparams = (int)np; h->i_count = i_count; h->i_other = i_other;
@@ -251,7 +257,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 /* Every object field, once: traverse and clear expand the same list. */
 #define HOOK_OBJECTS(X) X(dict) X(orig) X(slow) X(busy) X(sessions) X(counters) X(names) \
     X(key_code) X(phase_var) X(fail) X(raw) X(api_idx) X(params) X(last_dt) X(last_gi) X(last_ph) \
-    X(cached_session) X(cached_ints) X(rec) X(tensor_type) X(dtype_get)
+    X(cached_session) X(cached_ints) X(rec) X(tensor_type) X(dtype_get) X(numel_meth)
 
 static int hook_traverse(Hook *h, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(h->field);

@@ -60,11 +60,13 @@ typedef struct {
      * offsets on every call: a pointer read instead of a dict lookup. */
     PyObject *rec;
     Py_ssize_t off_cuda_timing, off_seq;
-    /* torch.Tensor and TensorBase's dtype getter (or NULL): called directly on an exact Tensor
-     * while the type is unmodified (its version tag is still `tensor_tag`). A data descriptor:
-     * no instance attribute can shadow it. */
-    PyObject *tensor_type, *dtype_get;
+    /* torch.Tensor, TensorBase's dtype getter and numel method (or NULL): called directly on an
+     * exact Tensor while the type is unmodified (its version tag is still `tensor_tag`), or,
+     * with `tensor_info` (_ctensor.cpp, built for this torch), not called at all. Sizes are
+     * the type's, as `type(t).numel(t)` gives them: an instance attribute does not count. */
+    PyObject *tensor_type, *dtype_get, *numel_meth;
     unsigned int tensor_tag;
+    int (*tensor_info)(PyObject *, int64_t *, int *);
 } Hook;
 
 /* Interned attribute names (set at module init). */

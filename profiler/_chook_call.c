@@ -26,6 +26,30 @@ static inline int plain_tensor(Hook *h, PyObject *t) {
            ((PyTypeObject *)h->tensor_type)->tp_version_tag == h->tensor_tag;
 }
 
+/* torch's dtype object of each scalar type, as the getter gave it (one object per type). */
+#define NSCALAR 64
+static PyObject *dtype_of[NSCALAR];
+
+/* The element count of `t`, as `type(t).numel(t)`, and its scalar type (-1 when not read from
+ * the TensorImpl); -1 for anything the Python path should handle (no ordinary error set). */
+static int count_of(Hook *h, PyObject *t, int plain, int64_t *n, int *st) {
+    *st = -1;
+    if (plain && h->tensor_info && h->tensor_info(t, n, st) == 0) return 0;
+    *st = -1;
+    PyObject *o;
+    if (plain) {
+        o = PyObject_Vectorcall(h->numel_meth, &t, 1, NULL);
+    } else {
+        PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(t), s_numel);
+        o = m ? PyObject_CallOneArg(m, t) : NULL;
+        Py_XDECREF(m);
+    }
+    int bad = !o || as_i64(o, n);
+    Py_XDECREF(o);
+    if (bad) clear_ordinary();
+    return bad ? -1 : 0;
+}
+
 /* The element counts of the call's tensor(s) as int64 and its dtype (new reference); -1 for
  * anything the Python path should handle (no exception left set). */
 int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot) {
@@ -37,21 +61,24 @@ int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot) {
     PyObject *tensor = bound[h->i_count];
     if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) return -1;
     int64_t n, other;
-    PyObject *o = PyObject_CallMethodNoArgs(tensor, s_numel);
-    int bad = !o || as_i64(o, &n);
-    Py_XDECREF(o);
-    if (!bad && h->i_other >= 0) {
-        o = PyObject_CallMethodNoArgs(bound[h->i_other], s_numel);
-        bad = !o || as_i64(o, &other);
-        Py_XDECREF(o);
+    int st, st_other, plain = plain_tensor(h, tensor);
+    if (count_of(h, tensor, plain, &n, &st)) return -1;
+    if (h->i_other >= 0) {
+        PyObject *t2 = bound[h->i_other];
+        if (count_of(h, t2, plain_tensor(h, t2), &other, &st_other)) return -1;
     } else {
         other = n;
     }
-    if (!bad)
-        bad = !(slot->dtype = plain_tensor(h, tensor)
-            ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor, h->tensor_type)
-            : PyObject_GetAttr(tensor, s_dtype));
-    if (bad) { clear_ordinary(); return -1; }
+    int known = plain && st >= 0 && st < NSCALAR;
+    if (known && dtype_of[st]) {
+        slot->dtype = Py_NewRef(dtype_of[st]);
+    } else {
+        slot->dtype = plain ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor,
+                                                                 h->tensor_type)
+                            : PyObject_GetAttr(tensor, s_dtype);
+        if (!slot->dtype) { clear_ordinary(); return -1; }
+        if (known) dtype_of[st] = Py_NewRef(slot->dtype);
+    }
     slot->n = n;
     slot->in = h->other_is_out ? n : other;
     slot->out = h->other_is_out ? other : n;

@@ -43,8 +43,14 @@ P2P_SEND = "send"
 P2P_RECV = "recv"
 
 
+def _numel(t) -> int:
+    """Elements of `t` as its type counts them, `type(t).numel(t)`, as the compiled hook reads
+    them: a subclass's or a patched torch.Tensor's numel counts, an instance attribute not."""
+    return type(t).numel(t)
+
+
 def _numel_sum(ts) -> int:
-    return sum(t.numel() for t in ts) if ts else 0
+    return sum(type(t).numel(t) for t in ts) if ts else 0
 
 
 def _first(ts):
@@ -56,7 +62,7 @@ def _first(ts):
 # (faster than indexing args/kwargs by hand); `**_` absorbs keywords newer torch versions add.
 
 def _all_reduce(tensor, op=None, group=None, async_op=False, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, n, group, None, None, async_op, tensor, None)
 
 
@@ -67,13 +73,13 @@ def _all_reduce_coalesced(tensors, op=None, group=None, async_op=False, **_):
 
 
 def _all_gather_list(tensor_list, tensor, group=None, async_op=False, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, _numel_sum(tensor_list), group, None, None, async_op, tensor, None)
 
 
 def _all_gather_single(output_tensor, input_tensor, group=None, async_op=False, **_):
-    n = input_tensor.numel()
-    return (input_tensor.dtype, n, n, output_tensor.numel(), group, None, None, async_op,
+    n = _numel(input_tensor)
+    return (input_tensor.dtype, n, n, _numel(output_tensor), group, None, None, async_op,
             input_tensor, None)
 
 
@@ -85,41 +91,41 @@ def _all_gather_coalesced(output_tensor_lists, input_tensor_list, group=None, as
 
 
 def _reduce_scatter_list(output, input_list, op=None, group=None, async_op=False, **_):
-    n = output.numel()
+    n = _numel(output)
     return (output.dtype, n, _numel_sum(input_list), n, group, None, None, async_op, output, None)
 
 
 def _reduce_scatter_single(output, input, op=None, group=None, async_op=False, **_):
-    n = output.numel()
-    return (output.dtype, n, input.numel(), n, group, None, None, async_op, output, None)
+    n = _numel(output)
+    return (output.dtype, n, _numel(input), n, group, None, None, async_op, output, None)
 
 
 def _broadcast(tensor, src=None, group=None, async_op=False, group_src=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, n, group, None, src, async_op, tensor, group_src)
 
 
 def _reduce(tensor, dst=None, op=None, group=None, async_op=False, group_dst=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, n, group, None, dst, async_op, tensor, group_dst)
 
 
 def _gather(tensor, gather_list=None, dst=None, group=None, async_op=False, group_dst=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, _numel_sum(gather_list), group, None, dst, async_op, tensor,
             group_dst)
 
 
 def _scatter(tensor, scatter_list=None, src=None, group=None, async_op=False, group_src=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, _numel_sum(scatter_list), n, group, None, src, async_op, tensor,
             group_src)
 
 
 def _all_to_all_single(output, input, output_split_sizes=None, input_split_sizes=None,
                        group=None, async_op=False, **_):
-    n = input.numel()
-    return (input.dtype, n, n, output.numel(), group, None, None, async_op, input, None)
+    n = _numel(input)
+    return (input.dtype, n, n, _numel(output), group, None, None, async_op, input, None)
 
 
 def _all_to_all_list(output_tensor_list, input_tensor_list, group=None, async_op=False, **_):
@@ -130,22 +136,22 @@ def _all_to_all_list(output_tensor_list, input_tensor_list, group=None, async_op
 
 
 def _send(tensor, dst=None, group=None, tag=0, group_dst=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, n, group, dst, None, False, tensor, group_dst)
 
 
 def _recv(tensor, src=None, group=None, tag=0, group_src=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, n, group, src, None, False, tensor, group_src)
 
 
 def _isend(tensor, dst=None, group=None, tag=0, group_dst=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, n, group, dst, None, True, tensor, group_dst)
 
 
 def _irecv(tensor, src=None, group=None, tag=0, group_src=None, **_):
-    n = tensor.numel()
+    n = _numel(tensor)
     return (tensor.dtype, n, n, n, group, src, None, True, tensor, group_src)
 
 
@@ -203,22 +209,22 @@ DIST_APIS: tuple[ApiSpec, ...] = (
 # size (all_gather output, reduce_scatter output) are left None and derived at flush.
 
 def _fc_all_reduce(self, reduceOp, group, tag="", **_):
-    n = self.numel()
+    n = _numel(self)
     return (self.dtype, n, n, n, group, None, None, True, self, None)
 
 
 def _fc_broadcast(self, src, group, tag="", **_):
-    n = self.numel()
+    n = _numel(self)
     return (self.dtype, n, n, n, group, None, None, True, self, src)
 
 
 def _fc_all_gather(self, gather_dim, group, tag="", **_):
-    n = self.numel()
+    n = _numel(self)
     return (self.dtype, n, n, None, group, None, None, True, self, None)
 
 
 def _fc_reduce_scatter(self, reduceOp, scatter_dim, group, tag="", **_):
-    return (self.dtype, None, self.numel(), None, group, None, None, True, self, None)
+    return (self.dtype, None, _numel(self), None, group, None, None, True, self, None)
 
 
 def _fc_all_reduce_coalesced(self, reduceOp, group, tag="", **_):
@@ -240,7 +246,7 @@ def _fc_reduce_scatter_coalesced(inputs, reduceOp, scatter_dim, group, tag="", *
 
 
 def _fc_all_to_all_single(self, output_split_sizes, input_split_sizes, group, tag="", **_):
-    n = self.numel()
+    n = _numel(self)
     if output_split_sizes is not None and self.dim() > 0 and self.shape[0]:
         out = sum(output_split_sizes) * (n // self.shape[0])
     else:

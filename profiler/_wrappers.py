@@ -16,6 +16,7 @@ from time import time_ns
 from typing import Any
 
 from ._columns import _chook, pack
+from ._native import native
 from ._ops import NATIVE_LAYOUTS, ApiSpec
 from ._phases import _CURRENT
 from ._rows import R
@@ -138,16 +139,21 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
 
 
 def _plain_tensor() -> tuple | None:
-    """(torch.Tensor, its dtype getter) when torch.Tensor takes `dtype` from TensorBase: the
-    compiled hook then calls the getter directly on exact Tensors (skipping the attribute lookup)
-    for as long as the type is not modified. A data descriptor, so no instance attribute can
-    shadow it (`numel`, a method, can be: it is always looked up)."""
+    """(torch.Tensor, TensorBase's dtype getter and numel method, the C++ tensor reader or None)
+    when torch.Tensor takes both from TensorBase: the compiled hook then reads exact Tensors
+    without attribute lookups (or through Python not at all) for as long as the type is not
+    modified."""
     import torch
 
-    dtype = vars(torch._C.TensorBase).get("dtype")
-    if dtype is None or inspect.getattr_static(torch.Tensor, "dtype") is not dtype:
+    base = vars(torch._C.TensorBase)
+    dtype, numel = base.get("dtype"), base.get("numel")
+    if dtype is None or numel is None or \
+            inspect.getattr_static(torch.Tensor, "dtype") is not dtype or \
+            inspect.getattr_static(torch.Tensor, "numel") is not numel:
         return None
-    return torch.Tensor, dtype
+    ct = native("_ctensor")
+    info = ct.tensor_info if ct is not None and torch.__version__ == ct.TORCH_VERSION else None
+    return torch.Tensor, dtype, numel, info
 
 
 def entry_row(entry: tuple, tid: int) -> list:

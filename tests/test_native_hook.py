@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from commscope import profiler
 from commscope.profiler import _columns, _ops, _wrappers
+from commscope.profiler._native import native
 from commscope.profiler._recorder import RECORDER
 from tests.analysis_fixtures import session_events
 from tests.distributed import fake_process_group
@@ -46,14 +47,21 @@ def _use_python_path(m: pytest.MonkeyPatch) -> None:
     m.setattr(_columns, "_chook", None)
 
 
-@pytest.fixture(params=["native", "python"])
+@pytest.fixture(params=["native", "native_via_torch", "python"])
 def path(request, monkeypatch) -> str:
-    """Each hook in turn: the compiled one (skipped where it is not built), the Python one."""
+    """Each hook in turn: the compiled one reading tensors in C++ (`_ctensor`), the compiled one
+    asking torch through Python (each skipped where it is not built), the Python one."""
     if request.param == "python":
         _use_python_path(monkeypatch)
-    elif _columns._chook is None:
+        return "python"
+    if _columns._chook is None:
         pytest.skip("compiled hook not built, or COMMSCOPE_NO_NATIVE=1")
-    return request.param
+    if request.param == "native" and native("_ctensor") is None:
+        pytest.skip("C++ tensor reader not built (python -m commscope.profiler._build_ctensor)")
+    if request.param == "native_via_torch":
+        monkeypatch.setattr(_wrappers, "native",
+                            lambda name: None if name == "_ctensor" else native(name))
+    return "native"
 
 
 def _workload(g, errors: list) -> None:
@@ -177,9 +185,10 @@ def test_index_ints_become_a_packed_record(tmp_path, path):
 
 
 def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path):
-    """The compiled hook calls TensorBase's dtype getter directly on a plain Tensor; a subclass,
-    torch.Tensor once modified, or an instance's own attribute is honoured as by the Python
-    wrapper."""
+    """The compiled hook reads a plain Tensor's count and dtype without looking them up; a
+    subclass or torch.Tensor once modified is honoured as by the Python wrapper. Counts are the
+    type's (`type(t).numel(t)`, what c10d sends): an instance attribute named numel does not
+    count, on any path."""
 
     class Counted(torch.Tensor):
         def numel(self) -> int:
@@ -190,7 +199,7 @@ def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path
             return torch.float16
 
     t, own = torch.ones(3), torch.ones(3)
-    own.numel = lambda: 13  # an instance attribute shadows the method
+    own.numel = lambda: 13  # an instance attribute: not the tensor's size
     with profiler.trace(tmp_path) as s:
         dist.all_reduce(t)
         dist.all_reduce(t)
@@ -202,7 +211,7 @@ def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path
             dist.all_reduce(t)
         dist.all_reduce(t)
     df = session_events(s)
-    assert df["count"].tolist() == [3, 3, 5, 13, 11, 3]
+    assert df["count"].tolist() == [3, 3, 5, 3, 11, 3]
     assert df["dtype"].tolist() == ["float32", "float32", "float16", "float32", "int8",
                                     "float32"]
 
@@ -223,6 +232,17 @@ def test_element_counts_of_plain_tensors(tmp_path, path):
     assert df["out_bytes"].tolist()[-1] == 16 * WORLD
     assert df["dtype"].tolist() == ["float32", "float16", "complex64", "bool", "float32",
                                     "float32", "float32"]
+
+
+@built
+def test_the_cpp_tensor_reader_is_taken_only_for_the_torch_it_was_built_for(monkeypatch):
+    ct = native("_ctensor")
+    if ct is None:
+        pytest.skip("C++ tensor reader not built (python -m commscope.profiler._build_ctensor)")
+    assert torch.__version__ == ct.TORCH_VERSION
+    assert _wrappers._plain_tensor()[3] is ct.tensor_info
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert _wrappers._plain_tensor()[3] is None
 
 
 @built
