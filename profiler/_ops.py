@@ -50,7 +50,7 @@ def _numel(t) -> int:
 
 
 def _numel_sum(ts) -> int:
-    return sum(type(t).numel(t) for t in ts) if ts else 0
+    return sum(_numel(t) for t in ts) if ts else 0
 
 
 def _first(ts):
