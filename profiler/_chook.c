@@ -196,7 +196,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
             return NULL;
         }
         if (info != Py_None &&
-            !(tensor_info = PyCapsule_GetPointer(info, "commscope.profiler._ctensor.tensor_info")))
+            !(tensor_info = PyCapsule_GetPointer(info, "commscope.profiler._ctensor.tensor_info_v2")))
             return NULL;
     }
     Py_ssize_t np = PyTuple_GET_SIZE(params);
@@ -246,7 +246,7 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
             h->tensor_type = Py_NewRef(tensor_type);
             h->dtype_get = Py_NewRef(dtype_get);
             h->numel_meth = Py_NewRef(numel_meth);
-            h->tensor_info = (int (*)(PyObject *, int64_t *, int *))tensor_info;
+            h->tensor_info = (int (*)(PyObject *, int64_t *, PyObject **))tensor_info;
         }
     }
     h->nparams = (int)np; h->i_count = i_count; h->i_other = i_other;

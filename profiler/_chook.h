@@ -66,7 +66,7 @@ typedef struct {
      * the type's, as `type(t).numel(t)` gives them: an instance attribute does not count. */
     PyObject *tensor_type, *dtype_get, *numel_meth;
     unsigned int tensor_tag;
-    int (*tensor_info)(PyObject *, int64_t *, int *);
+    int (*tensor_info)(PyObject *, int64_t *, PyObject **);
 } Hook;
 
 /* Interned attribute names (set at module init). */

@@ -26,16 +26,12 @@ static inline int plain_tensor(Hook *h, PyObject *t) {
            ((PyTypeObject *)h->tensor_type)->tp_version_tag == h->tensor_tag;
 }
 
-/* torch's dtype object of each scalar type, as the getter gave it (one object per type). */
-#define NSCALAR 64
-static PyObject *dtype_of[NSCALAR];
-
-/* The element count of `t`, as `type(t).numel(t)`, and its scalar type (-1 when not read from
- * the TensorImpl); -1 for anything the Python path should handle (no ordinary error set). */
-static int count_of(Hook *h, PyObject *t, int plain, int64_t *n, int *st) {
-    *st = -1;
-    if (plain && h->tensor_info && h->tensor_info(t, n, st) == 0) return 0;
-    *st = -1;
+/* The element count of `t`, as `type(t).numel(t)`, and, when read from the TensorImpl, its dtype
+ * (borrowed; else NULL); -1 for anything the Python path should handle (no ordinary error set). */
+static int count_of(Hook *h, PyObject *t, int plain, int64_t *n, PyObject **dtype) {
+    *dtype = NULL;
+    if (plain && h->tensor_info && h->tensor_info(t, n, dtype) == 0) return 0;
+    *dtype = NULL;
     PyObject *o;
     if (plain) {
         o = PyObject_Vectorcall(h->numel_meth, &t, 1, NULL);
@@ -61,23 +57,22 @@ int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot) {
     PyObject *tensor = bound[h->i_count];
     if (!tensor || (h->i_other >= 0 && !bound[h->i_other])) return -1;
     int64_t n, other;
-    int st, st_other, plain = plain_tensor(h, tensor);
-    if (count_of(h, tensor, plain, &n, &st)) return -1;
+    PyObject *dt, *unused;
+    int plain = plain_tensor(h, tensor);
+    if (count_of(h, tensor, plain, &n, &dt)) return -1;
     if (h->i_other >= 0) {
         PyObject *t2 = bound[h->i_other];
-        if (count_of(h, t2, plain_tensor(h, t2), &other, &st_other)) return -1;
+        if (count_of(h, t2, plain_tensor(h, t2), &other, &unused)) return -1;
     } else {
         other = n;
     }
-    int known = plain && st >= 0 && st < NSCALAR;
-    if (known && dtype_of[st]) {
-        slot->dtype = Py_NewRef(dtype_of[st]);
+    if (dt) {
+        slot->dtype = Py_NewRef(dt);
     } else {
         slot->dtype = plain ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor,
                                                                  h->tensor_type)
                             : PyObject_GetAttr(tensor, s_dtype);
         if (!slot->dtype) { clear_ordinary(); return -1; }
-        if (known) dtype_of[st] = Py_NewRef(slot->dtype);
     }
     slot->n = n;
     slot->in = h->other_is_out ? n : other;

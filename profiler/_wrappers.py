@@ -138,6 +138,9 @@ def make_wrapper(rec: Any, api_idx: int, spec: ApiSpec, orig: Any, simple: bool)
     return hook
 
 
+_CTENSOR_ABI = 2  # the _ctensor capsule signature the compiled hook calls (see _ctensor.cpp)
+
+
 def _plain_tensor() -> tuple | None:
     """(torch.Tensor, TensorBase's dtype getter and numel method, the C++ tensor reader or None)
     when torch.Tensor takes both from TensorBase: the compiled hook then reads exact Tensors
@@ -151,8 +154,11 @@ def _plain_tensor() -> tuple | None:
             inspect.getattr_static(torch.Tensor, "dtype") is not dtype or \
             inspect.getattr_static(torch.Tensor, "numel") is not numel:
         return None
+    # torch is imported first, so the reader links to this process's torch libraries whichever
+    # venv built it; a reader left from another torch or an older signature is not used.
     ct = native("_ctensor")
-    info = ct.tensor_info if ct is not None and torch.__version__ == ct.TORCH_VERSION else None
+    info = ct.tensor_info if ct is not None and torch.__version__ == ct.TORCH_VERSION and \
+        getattr(ct, "ABI", 1) == _CTENSOR_ABI else None
     return torch.Tensor, dtype, numel, info
 
 

@@ -24,15 +24,10 @@ import torch.distributed as dist
 
 from commscope import profiler
 from commscope.profiler import _columns, _ops, _wrappers
-from commscope.profiler._native import native
 from commscope.profiler._recorder import RECORDER
 from tests.analysis_fixtures import session_events
 from tests.distributed import fake_process_group
-
-WORLD, RANK = 4, 1
-CLOCKS = ["run_id", "pid", "t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns"]
-built = pytest.mark.skipif(_columns._chook is None,
-                           reason="compiled hook not built (no C compiler), or COMMSCOPE_NO_NATIVE=1")
+from tests.hook_paths import RANK, WORLD, built, use_python_path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,27 +36,7 @@ def fake_pg():
         yield
 
 
-def _use_python_path(m: pytest.MonkeyPatch) -> None:
-    """Install the pure-Python wrappers and buffers, as when the extension is not built."""
-    m.setattr(_wrappers, "_chook", None)
-    m.setattr(_columns, "_chook", None)
-
-
-@pytest.fixture(params=["native", "native_via_torch", "python"])
-def path(request, monkeypatch) -> str:
-    """Each hook in turn: the compiled one reading tensors in C++ (`_ctensor`), the compiled one
-    asking torch through Python (each skipped where it is not built), the Python one."""
-    if request.param == "python":
-        _use_python_path(monkeypatch)
-        return "python"
-    if _columns._chook is None:
-        pytest.skip("compiled hook not built, or COMMSCOPE_NO_NATIVE=1")
-    if request.param == "native" and native("_ctensor") is None:
-        pytest.skip("C++ tensor reader not built (python -m commscope.profiler._build_ctensor)")
-    if request.param == "native_via_torch":
-        monkeypatch.setattr(_wrappers, "native",
-                            lambda name: None if name == "_ctensor" else native(name))
-    return "native"
+CLOCKS = ["run_id", "pid", "t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns"]
 
 
 def _workload(g, errors: list) -> None:
@@ -114,7 +89,7 @@ def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch, f
     native, hooked, errors, parts = _record(tmp_path, "native", g, flush_events)
     assert hooked == ("Hook", "Records")  # the compiled path really ran
     with monkeypatch.context() as m:
-        _use_python_path(m)
+        use_python_path(m)
         python, py_hooked, py_errors, py_parts = _record(tmp_path, "python", g, flush_events)
     assert parts == py_parts == (6 if flush_events == 5 else 1)
     assert py_hooked == ("function", "_Records")
@@ -168,8 +143,8 @@ def _call_wrapped(tmp_path, path: str, arg: object):
     return s, buffered
 
 
-def test_values_not_int64_become_a_raw_row(tmp_path, path):
-    s, buffered = _call_wrapped(tmp_path, path, _Unsized())
+def test_values_not_int64_become_a_raw_row(tmp_path, hook_path):
+    s, buffered = _call_wrapped(tmp_path, hook_path, _Unsized())
     assert buffered == (10, 1)  # one packed record, one raw row
     df = session_events(s)
     assert df["count"].tolist()[0] == 1 and df["count"].isna().tolist() == [False, True]
@@ -178,71 +153,10 @@ def test_values_not_int64_become_a_raw_row(tmp_path, path):
     assert df["pg_seq"].tolist() == [0, 1]
 
 
-def test_index_ints_become_a_packed_record(tmp_path, path):
-    s, buffered = _call_wrapped(tmp_path, path, _IndexSized())
+def test_index_ints_become_a_packed_record(tmp_path, hook_path):
+    s, buffered = _call_wrapped(tmp_path, hook_path, _IndexSized())
     assert buffered == (20, 0)
     assert session_events(s)["count"].tolist() == [1, 7]
-
-
-def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, path):
-    """The compiled hook reads a plain Tensor's count and dtype without looking them up; a
-    subclass or torch.Tensor once modified is honoured as by the Python wrapper. Counts are the
-    type's (`type(t).numel(t)`, what c10d sends): an instance attribute named numel does not
-    count, on any path."""
-
-    class Counted(torch.Tensor):
-        def numel(self) -> int:
-            return 5
-
-        @property
-        def dtype(self):
-            return torch.float16
-
-    t, own = torch.ones(3), torch.ones(3)
-    own.numel = lambda: 13  # an instance attribute: not the tensor's size
-    with profiler.trace(tmp_path) as s:
-        dist.all_reduce(t)
-        dist.all_reduce(t)
-        dist.all_reduce(torch.ones(3).as_subclass(Counted))
-        dist.all_reduce(own)
-        with pytest.MonkeyPatch.context() as m:
-            m.setattr(torch.Tensor, "numel", lambda self: 11)
-            m.setattr(torch.Tensor, "dtype", property(lambda self: torch.int8), raising=False)
-            dist.all_reduce(t)
-        dist.all_reduce(t)
-    df = session_events(s)
-    assert df["count"].tolist() == [3, 3, 5, 3, 11, 3]
-    assert df["dtype"].tolist() == ["float32", "float32", "float16", "float32", "int8",
-                                    "float32"]
-
-
-def test_element_counts_of_plain_tensors(tmp_path, path):
-    """Views, dtypes of every size, a sparse tensor, an empty one and the two tensors of an
-    all_gather count the same on both paths."""
-    calls = [((torch.ones(4, 6)[:, ::2],), 12), ((torch.ones(5, dtype=torch.float16),), 5),
-             ((torch.ones(2, dtype=torch.complex64),), 2), ((torch.ones(7, dtype=torch.bool),), 7),
-             ((torch.ones(3).to_sparse(),), 3), ((torch.ones(0),), 0)]
-    with profiler.trace(tmp_path) as s:
-        for args, _ in calls:
-            dist.all_reduce(*args)
-        dist.all_gather_into_tensor(torch.empty(4 * WORLD), torch.ones(4))
-    df = session_events(s)
-    assert df["count"].tolist() == [n for _, n in calls] + [4]
-    assert df["bytes"].tolist() == [48, 10, 16, 7, 12, 0, 16 * WORLD]
-    assert df["out_bytes"].tolist()[-1] == 16 * WORLD
-    assert df["dtype"].tolist() == ["float32", "float16", "complex64", "bool", "float32",
-                                    "float32", "float32"]
-
-
-@built
-def test_the_cpp_tensor_reader_is_taken_only_for_the_torch_it_was_built_for(monkeypatch):
-    ct = native("_ctensor")
-    if ct is None:
-        pytest.skip("C++ tensor reader not built (python -m commscope.profiler._build_ctensor)")
-    assert torch.__version__ == ct.TORCH_VERSION
-    assert _wrappers._plain_tensor()[3] is ct.tensor_info
-    monkeypatch.setattr(torch, "__version__", "0.0.0")
-    assert _wrappers._plain_tensor()[3] is None
 
 
 @built
@@ -284,7 +198,7 @@ class _MarksBusy:
         return 2
 
 
-def test_interrupts_propagate_and_a_busy_mark_set_meanwhile_is_replaced(tmp_path, path):
+def test_interrupts_propagate_and_a_busy_mark_set_meanwhile_is_replaced(tmp_path, hook_path):
     spec = next(s for s in _ops.DIST_APIS if s.name == "all_reduce")
     with profiler.trace(tmp_path) as s:
         dist.all_reduce(torch.ones(1))  # registers the default group's counter
