@@ -4,16 +4,20 @@
 
 Every rank runs the same greedy generation 2 x `pairs` times inside one profiler.trace session
 (default capture) and switches recording on and off between forward passes, all ranks alike:
-pass i of generation g is traced when g + i is even, so each pair of generations traces every
-pass once and runs it untraced (recording paused) once. Untraced and traced passes alternate
-within a few ms of each other: a slow spell of this 2-core machine falls on both sides alike,
-where alternating whole generations (~0.4 s each on gloo) left ±3-4 % of noise after 200 pairs.
+in each pair of generations every pass runs once traced and once untraced (recording paused),
+neighbouring passes alternate, and which generation of the pair traces a pass flips from pair to
+pair (`_traced`), so neither the prefill nor the first generation of a pair always falls on one
+side. A pass's two runs are one generation apart (~0.5 s on gloo): slow spells of this 2-core
+machine longer than that fall on both sides alike, where alternating whole generations left
+±3-4 % of noise after 200 pairs.
 
 The session's timer is off; the writer thread runs the timer's job (the same flush) at the start
 of every K-th traced pass, K passes being `--flush-interval` of traced time (measured in a
-warm-up), and that pass ends only when the part is written. So all of the writer's work falls on
-traced passes, as if it never overlapped the program (an upper bound); a timer running on its
-own clock would charge about half of it to untraced passes.
+warm-up). That pass ends when the part is written and every rank has written its own (a
+barrier), so each rank's writer work, and the other ranks' waiting for it, fall on traced
+passes. Not charged: what a flush leaves behind (evicted caches) for the next pass, traced or
+not. A timer running on its own clock would charge about half of the writer's work to untraced
+passes.
 
 Rank 0 prints traced time / untraced time summed over all pairs (a mean: a median would hide the
 flushes) with a 95 % bootstrap interval over the pairs, for:
@@ -38,6 +42,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from commscope import profiler
+from commscope.profiler._wrappers import hook_kind
 
 
 def _thread_cpu_ns(thread: threading.Thread) -> int:
@@ -102,7 +107,7 @@ def _rank(rank: int, world: int, port: int, a: dict) -> None:
 
     @contextlib.contextmanager
     def around(i: int):
-        traced = (state["g"] + i) % 2 == 0
+        traced = _traced(state["g"], i)
         flush = False
         if traced:
             session.resume()
@@ -118,6 +123,8 @@ def _rank(rank: int, world: int, port: int, a: dict) -> None:
         if job is not None:
             job.result()  # the writer's work belongs to this traced pass
             flush_cpu.append(_thread_cpu_ns(writer) - w0)
+            session.pause()  # not recorded: a benchmark's call, not the decoder's
+            dist.barrier()  # every rank's writer work belongs here (all flush after this pass)
         wall[state["g"], i] = time.perf_counter_ns() - start
         cpu[state["g"], i] = time.thread_time_ns() - c0
 
@@ -137,10 +144,16 @@ def _rank(rank: int, world: int, port: int, a: dict) -> None:
     dist.destroy_process_group()
 
 
+def _traced(g, i):
+    """Whether pass i of generation g is traced (ints or arrays): passes alternate, the two
+    generations of a pair are complementary, and the pattern flips from one pair to the next."""
+    return (g + i + g // 2) % 2 == 0
+
+
 def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per pair of generations: time of its traced passes, time of its untraced passes."""
     gens, passes = x.shape
-    traced = (np.arange(gens)[:, None] + np.arange(passes)[None, :]) % 2 == 0
+    traced = _traced(np.arange(gens)[:, None], np.arange(passes)[None, :])
     pairs = gens // 2
     t = np.where(traced, x, 0).sum(axis=1).reshape(pairs, 2).sum(axis=1)
     u = np.where(traced, 0, x).sum(axis=1).reshape(pairs, 2).sum(axis=1)
@@ -184,7 +197,7 @@ def main() -> None:
           f"({a.output} forward passes), {a.pairs} pairs of generations, traced and untraced "
           f"passes alternating{', ranks pinned to cores' if a.pin else ''}"
           f"{', rank 0 alone on the fake process group' if a.fake else ''}; "
-          f"{calls:.0f} calls traced per generation; "
+          f"{calls:.0f} calls traced per generation; {hook_kind()}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     t, u = _split(r["wall"])
     lo, hi = _ratio_ci(t, u)

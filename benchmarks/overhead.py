@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from commscope import profiler
+from commscope.profiler._wrappers import hook_kind
 
 
 def _block(n: int, t: torch.Tensor, fn=None) -> float:
@@ -41,15 +42,6 @@ def _block(n: int, t: torch.Tensor, fn=None) -> float:
     for _ in range(n):
         fn(t)
     return (time.perf_counter_ns() - t0) / n / 1e3
-
-
-def _hook_kind() -> str:
-    """Which recording path runs: the compiled hook or the pure-Python one."""
-    from commscope.profiler import _columns
-
-    if _columns._chook is not None:
-        return "compiled hook (profiler/_chook.c)"
-    return "pure-Python hook (COMMSCOPE_NO_NATIVE=1, or the extension was not built)"
 
 
 def _summary(base: list[float], traced: list[float]) -> tuple[float, float, float]:
@@ -270,7 +262,7 @@ def main() -> None:
         dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
         print(f"torch {torch.__version__}, {os.cpu_count()} cores; blocks of {a.calls} calls, "
               f"{a.pairs} alternating pairs")
-        print(f"[hook] {_hook_kind()}")
+        print(f"[hook] {hook_kind()}")
         r = sustained_overhead(a.sustained_events, a.sustained_rounds,
                                os.path.join(out, "sustained"))
         n = a.sustained_events

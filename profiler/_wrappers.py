@@ -162,6 +162,17 @@ def _plain_tensor() -> tuple | None:
     return torch.Tensor, dtype, numel, info
 
 
+def hook_kind() -> str:
+    """Which recording path this process runs, for benchmarks and reports to state."""
+    if _chook is None:
+        return "pure-Python hook (COMMSCOPE_NO_NATIVE=1, or the extension was not built)"
+    plain = _plain_tensor()
+    if plain is not None and plain[3] is not None:
+        return "compiled hook (profiler/_chook.c) with the C++ tensor reader (_ctensor.cpp)"
+    return ("compiled hook (profiler/_chook.c) asking torch for counts and dtypes (C++ tensor "
+            "reader not built for this torch)")
+
+
 def entry_row(entry: tuple, tid: int) -> list:
     """The raw row (`_rows.R`) of a fast-path call from its entry tuple (returned or not):
     (api index, t0, info, group info, pg_seq, seq, phase), where info starts with dtype and the
