@@ -62,7 +62,8 @@ typedef struct {
     Py_ssize_t off_cuda_timing, off_seq;
     /* torch.Tensor, TensorBase's dtype getter and numel method (or NULL): called directly on an
      * exact Tensor while the type is unmodified (its version tag is still `tensor_tag`), or,
-     * with `tensor_info` (_ctensor.cpp, built for this torch), not called at all. Sizes are
+     * with `tensor_info` (_ctensor.cpp, built for this torch; it declines while a torch-function
+     * mode is active, so a mode is honoured as in Python), not called at all. Sizes are
      * the type's, as `type(t).numel(t)` gives them: an instance attribute does not count. */
     PyObject *tensor_type, *dtype_get, *numel_meth;
     unsigned int tensor_tag;

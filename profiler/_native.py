@@ -2,8 +2,8 @@
 
 The C extensions are built at install when a C compiler is present (pyproject's ext-modules,
 `optional`); the C++ tensor reader `_ctensor` after torch is installed (`_build_ctensor`, run by
-`make setup`). Without them the pure-Python paths run with the same results. COMMSCOPE_NO_NATIVE=1 forces the
-Python paths (benchmarks and tests compare the two).
+`make setup`). Without them the pure-Python paths run with the same results.
+COMMSCOPE_NO_NATIVE=1 forces the Python paths (benchmarks and tests compare the two).
 """
 
 from __future__ import annotations
