@@ -22,6 +22,7 @@ def fake_pg():
     with fake_process_group(RANK, WORLD):
         yield
 
+
 def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, hook_path):
     """The compiled hook reads a plain Tensor's count and dtype without looking them up; a
     subclass or torch.Tensor once modified is honoured as by the Python wrapper. Counts are the
