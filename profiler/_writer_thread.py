@@ -9,9 +9,7 @@ alive, and it still runs while atexit closes the session.
 
 from __future__ import annotations
 
-import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,23 +17,6 @@ from concurrent.futures import Future
 from typing import Any
 
 __all__ = ["WriterThread"]
-
-# How much nicer than the program the writer runs (Linux: nice is per thread). On a machine whose
-# cores the program keeps busy (ranks sharing cores, gloo's threads) the writer then takes the
-# idle moments, such as a rank waiting in a collective, instead of a traced thread's core.
-# Not starved: at +10 it still gets ~10 % of a core it shares with one busy thread.
-WRITER_NICE_INCREMENT = 10
-
-
-def _lower_priority() -> None:
-    if not sys.platform.startswith("linux"):
-        return  # elsewhere setpriority(PRIO_PROCESS, ...) would renice the whole process
-    tid = threading.get_native_id()
-    try:
-        nice = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + WRITER_NICE_INCREMENT))
-    except OSError:
-        pass  # a sandbox may forbid it; the writer then runs at the program's priority
 
 
 class WriterThread:
@@ -64,7 +45,6 @@ class WriterThread:
             self.thread.join()
 
     def _run(self) -> None:
-        _lower_priority()
         deadline = time.monotonic() + self.interval_s
         while True:
             try:

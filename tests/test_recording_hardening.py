@@ -245,20 +245,3 @@ def test_run_forwards_a_sigint_sent_to_it_alone(tmp_path):
 def _no_torch_logs(monkeypatch):
     monkeypatch.delenv("TORCH_LOGS", raising=False)
 
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-def test_the_writer_thread_runs_nicer_than_the_program(tmp_path):
-    """The writer lowers its own priority only: it takes idle moments rather than a traced
-    thread's core, and the program's priority is untouched."""
-    import threading
-
-    from commscope import profiler
-    from commscope.profiler._writer_thread import WRITER_NICE_INCREMENT
-
-    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    with profiler.trace(tmp_path) as s:
-        s._writer.submit(lambda: None).result()  # the thread has started and reniced itself
-        writer_nice = os.getpriority(os.PRIO_PROCESS, s._writer.thread.native_id)
-    assert writer_nice == min(19, main_nice + WRITER_NICE_INCREMENT)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
-    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == main_nice
