@@ -244,4 +244,3 @@ def test_run_forwards_a_sigint_sent_to_it_alone(tmp_path):
 @pytest.fixture(autouse=True)
 def _no_torch_logs(monkeypatch):
     monkeypatch.delenv("TORCH_LOGS", raising=False)
-
