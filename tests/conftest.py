@@ -6,7 +6,15 @@ import pytest
 
 from commscope.profiler import _columns, _wrappers
 from commscope.profiler._native import native
-from tests.hook_paths import use_python_path
+from tests.distributed import fake_process_group
+from tests.hook_paths import RANK, WORLD, use_python_path
+
+
+@pytest.fixture(scope="module")
+def hook_fake_pg():
+    """The hook tests' fake process group, one per test module (`usefixtures`)."""
+    with fake_process_group(RANK, WORLD):
+        yield
 
 
 @pytest.fixture(params=["native", "native_via_torch", "python"])

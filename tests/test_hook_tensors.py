@@ -13,14 +13,9 @@ from commscope import profiler
 from commscope.profiler import _wrappers
 from commscope.profiler._native import native
 from tests.analysis_fixtures import session_events
-from tests.distributed import fake_process_group
-from tests.hook_paths import RANK, WORLD, built
+from tests.hook_paths import WORLD, built
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fake_pg():
-    with fake_process_group(RANK, WORLD):
-        yield
+pytestmark = pytest.mark.usefixtures("hook_fake_pg")
 
 
 def test_tensor_subclasses_and_a_patched_tensor_type_are_honoured(tmp_path, hook_path):
@@ -82,8 +77,6 @@ def test_the_cpp_tensor_reader_is_taken_only_for_the_torch_it_was_built_for(monk
     assert _wrappers._plain_tensor()[3] is ct.tensor_info
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert _wrappers._plain_tensor()[3] is None
-
-
 
 
 def test_a_torch_function_mode_is_honoured_on_every_path(tmp_path, hook_path):

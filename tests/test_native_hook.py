@@ -26,14 +26,9 @@ from commscope import profiler
 from commscope.profiler import _columns, _ops, _wrappers
 from commscope.profiler._recorder import RECORDER
 from tests.analysis_fixtures import session_events
-from tests.distributed import fake_process_group
-from tests.hook_paths import RANK, WORLD, built, use_python_path
+from tests.hook_paths import WORLD, built, use_python_path
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fake_pg():
-    with fake_process_group(RANK, WORLD):
-        yield
+pytestmark = pytest.mark.usefixtures("hook_fake_pg")
 
 
 CLOCKS = ["run_id", "pid", "t_start_ns", "t_end_ns", "t_return_ns", "t_wait_ns"]
