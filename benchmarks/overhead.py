@@ -15,7 +15,7 @@ difference taken in this one run:
    differences is the added time per call. Default and capture="full" modes.
 3. The same on 2 real gloo ranks (1-element all_reduce), alternating blocks. On 2 cores its
    noise (tens of us) is far above the hook's cost; it is printed for reference.
-4. Write rate: packed records and raw rows -> Arrow -> zstd Parquet part files, events/s.
+4. Write rate: packed records and raw rows -> Arrow -> LZ4 Parquet part files, events/s.
 5. Memory: peak RSS growth while recording N events through the hooks (the buffer is bounded
    by flush_events, so growth must not scale with N).
 """

@@ -28,15 +28,8 @@
 PyObject *s_numel, *s_dtype, *s_cuda_timing, *s_seq, *s_cols, *s_ints, *s_flush_at,
     *s_flush, *s_frombytes, *s_blocking;
 
-/* The next value of a pg_seq/seq counter as an int64: a Counter's unboxed, anything else's
- * through next(). -1 when there is none (an exception may be set). */
-static int take_next(PyObject *it, int64_t *out) {
-    if (Py_IS_TYPE(it, &CounterType)) {
-        Counter *c = (Counter *)it;
-        if (c->next == INT64_MAX) return -1;
-        *out = c->next++;
-        return 0;
-    }
+/* take_next for a counter that is not a Counter: through next(). */
+COLD static int take_next_other(PyObject *it, int64_t *out) {
     if (!PyIter_Check(it)) {
         PyErr_Format(PyExc_TypeError, "commscope: counter %R is not an iterator", it);
         return -1;
@@ -48,14 +41,56 @@ static int take_next(PyObject *it, int64_t *out) {
     return r;
 }
 
+/* The next value of a pg_seq/seq counter as an int64: a Counter's unboxed, anything else's
+ * through next(). -1 when there is none (an exception may be set). */
+static inline int take_next(PyObject *it, int64_t *out) {
+    if (UNLIKELY(!Py_IS_TYPE(it, &CounterType))) return take_next_other(it, out);
+    Counter *c = (Counter *)it;
+    if (UNLIKELY(c->next == INT64_MAX)) return -1;
+    *out = c->next++;
+    return 0;
+}
+
 /* Call `fn(entry, tid, extra)` for a call the C path cannot record itself (see make_wrapper's
  * `fail` and `raw`); a new reference to its result, or NULL. */
-static PyObject *call_back(PyObject *fn, const BusySlot *slot, PyObject *extra) {
+COLD static PyObject *call_back(PyObject *fn, const BusySlot *slot, PyObject *extra) {
     PyObject *entry = entry_tuple(slot);
     PyObject *tid = entry ? PyLong_FromUnsignedLong(slot->tid) : NULL;
     PyObject *r = (tid && extra) ? PyObject_CallFunctionObjArgs(fn, entry, tid, extra, NULL) : NULL;
     Py_XDECREF(entry); Py_XDECREF(tid);
     return r;
+}
+
+/* The collective raised: record it as failed (make_wrapper's `fail`) and leave its error set,
+ * or, if recording fails, that error chained to the call's. */
+COLD static void call_failed(Hook *h, Busy *busy, Py_ssize_t at, const BusySlot *slot) {
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (at >= 0) busy_remove(busy, at);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (tb) PyException_SetTraceback(ev, tb);
+    PyObject *r = call_back(h->fail, slot, ev);
+    if (r) {
+        Py_DECREF(r);
+        PyErr_Restore(et, ev, tb);
+    } else { /* recording the error failed: raise that, chained to the call's error */
+        PyObject *nt, *nv, *ntb;
+        PyErr_Fetch(&nt, &nv, &ntb);
+        PyErr_NormalizeException(&nt, &nv, &ntb);
+        if (nv && ev) PyException_SetContext(nv, Py_NewRef(ev));
+        PyErr_Restore(nt, nv, ntb);
+        Py_XDECREF(et); Py_XDECREF(ev); Py_XDECREF(tb);
+    }
+}
+
+/* A step beyond int64: an ordinary row instead (make_wrapper's `raw`, as the Python path);
+ * 0, or -1 with an exception set. */
+COLD static int record_raw(Hook *h, const BusySlot *slot, int64_t t1) {
+    PyObject *t1_obj = PyLong_FromLongLong(t1);
+    PyObject *r = t1_obj ? call_back(h->raw, slot, t1_obj) : NULL;
+    Py_XDECREF(t1_obj);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
 }
 
 static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
@@ -66,24 +101,25 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
         return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
     PyObject *cuda = *(PyObject **)((char *)h->rec + h->off_cuda_timing); /* borrowed */
     int timed = cuda == Py_False ? 0 : cuda ? PyObject_IsTrue(cuda) : -1;
-    if (timed != 0) { if (timed < 0) PyErr_Clear(); goto slow; }
+    if (UNLIKELY(timed != 0)) { if (timed < 0) PyErr_Clear(); goto slow; }
     BusySlot slot = {.tid = tid, .api_idx = h->api_idx};
     slot.t0 = now_ns();
 
     PyObject *bound[MAXP] = {NULL};
-    if (hook_bind(h, args, nargs, kwnames, bound) < 0 || tid > (unsigned long)INT64_MAX) goto slow;
-    int is_async = PyObject_IsTrue(
-        h->i_async >= 0 && bound[h->i_async] ? bound[h->i_async] : Py_False);
-    if (is_async != 0) { clear_ordinary(); goto slow; }
+    if (UNLIKELY(hook_bind(h, args, nargs, kwnames, bound) < 0 || tid > (unsigned long)INT64_MAX))
+        goto slow;
+    PyObject *async_op = h->i_async >= 0 && bound[h->i_async] ? bound[h->i_async] : Py_False;
+    int is_async = async_op == Py_False ? 0 : PyObject_IsTrue(async_op);
+    if (UNLIKELY(is_async != 0)) { clear_ordinary(); goto slow; }
     /* Sizes that are not int64: Python. First, as numel() and dtype can run Python code (a
      * tensor subclass), which must not find the borrowed lookups below in use. */
-    if (hook_sizes(h, bound, &slot) < 0) goto slow;
+    if (UNLIKELY(hook_sizes(h, bound, &slot) < 0)) goto slow;
     PyObject *group = bound[h->i_group] ? bound[h->i_group] : Py_None;
     PyObject *gi = PyDict_GetItemWithError(h->names, group); /* borrowed */
     PyObject *ctr = (gi && PyTuple_Check(gi) && PyTuple_GET_SIZE(gi) > 0)
         ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
     PyObject *seq_it = ctr ? *(PyObject **)((char *)h->rec + h->off_seq) : NULL;
-    if (!seq_it) { /* a group's first call (or an unhashable group): Python resolves it */
+    if (UNLIKELY(!seq_it)) { /* a group's first call (or an unhashable group): Python resolves it */
         clear_ordinary();
         Py_DECREF(slot.dtype);
         goto slow;
@@ -93,11 +129,11 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     int taken = PyContextVar_Get(h->phase_var, Py_None, &slot.ph) == 0 &&
                 take_next(ctr, &slot.pg_seq) == 0 && take_next(seq_it, &slot.seq) == 0;
     Py_DECREF(ctr); Py_DECREF(seq_it);
-    if (!taken) goto unrecorded;
+    if (UNLIKELY(!taken)) goto unrecorded;
     /* The busy slot holds references of its own; the hook keeps these for after the call. */
     BusySlot entry = slot;
     Py_INCREF(entry.api_idx); Py_INCREF(entry.dtype); Py_INCREF(entry.gi); Py_INCREF(entry.ph);
-    if (busy_set(busy, &entry) < 0) {
+    if (UNLIKELY(busy_set(busy, &entry) < 0)) {
         Py_DECREF(entry.api_idx); Py_DECREF(entry.dtype); Py_DECREF(entry.gi);
         Py_DECREF(entry.ph);
         goto unrecorded;
@@ -106,42 +142,21 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     PyObject *res = PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
     int64_t t1 = now_ns();
     Py_ssize_t at = busy_find(busy, tid); /* other threads may have moved it meanwhile */
-    if (!res) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        if (at >= 0) busy_remove(busy, at);
-        PyErr_NormalizeException(&et, &ev, &tb);
-        if (tb) PyException_SetTraceback(ev, tb);
-        PyObject *r = call_back(h->fail, &slot, ev);
-        if (r) {
-            Py_DECREF(r);
-            PyErr_Restore(et, ev, tb);
-        } else { /* recording the error failed: raise that, chained to the call's error */
-            PyObject *nt, *nv, *ntb;
-            PyErr_Fetch(&nt, &nv, &ntb);
-            PyErr_NormalizeException(&nt, &nv, &ntb);
-            if (nv && ev) PyException_SetContext(nv, Py_NewRef(ev));
-            PyErr_Restore(nt, nv, ntb);
-            Py_XDECREF(et); Py_XDECREF(ev); Py_XDECREF(tb);
-        }
+    if (UNLIKELY(!res)) {
+        call_failed(h, busy, at, &slot);
         goto done;
     }
     if (at >= 0) busy_remove(busy, at);
 
     int64_t code, step;
     int known = hook_key(h, &slot, &code, &step);
-    if (known < 0) { Py_CLEAR(res); goto done; }
-    if (!known) { /* a step beyond int64: an ordinary row instead (as the Python path) */
-        PyObject *t1_obj = PyLong_FromLongLong(t1);
-        PyObject *r = call_back(h->raw, &slot, t1_obj);
-        Py_XDECREF(t1_obj);
-        if (!r) Py_CLEAR(res);
-        Py_XDECREF(r);
+    if (UNLIKELY(known <= 0)) {
+        if (known < 0 || record_raw(h, &slot, t1) < 0) Py_CLEAR(res);
         goto done;
     }
     int64_t recd[NFIELDS] = {slot.t0, t1, slot.n, slot.in, slot.out, slot.pg_seq, slot.seq,
                              (int64_t)tid, step, code};
-    if (hook_append_all(h, recd) < 0) Py_CLEAR(res);
+    if (UNLIKELY(hook_append_all(h, recd) < 0)) Py_CLEAR(res);
 done:
     Py_DECREF(slot.dtype); Py_DECREF(slot.gi); Py_DECREF(slot.ph);
     return res;

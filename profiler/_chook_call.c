@@ -26,12 +26,8 @@ static inline int plain_tensor(Hook *h, PyObject *t) {
            ((PyTypeObject *)h->tensor_type)->tp_version_tag == h->tensor_tag;
 }
 
-/* The element count of `t`, as `type(t).numel(t)`, and, when read from the TensorImpl, its dtype
- * (borrowed; else NULL); -1 for anything the Python path should handle (no ordinary error set). */
-static int count_of(Hook *h, PyObject *t, int plain, int64_t *n, PyObject **dtype) {
-    *dtype = NULL;
-    if (plain && h->tensor_info && h->tensor_info(t, n, dtype) == 0) return 0;
-    *dtype = NULL;
+/* count_of without the TensorImpl reader: TensorBase's numel method, or the type's. */
+COLD static int count_by_python(Hook *h, PyObject *t, int plain, int64_t *n) {
     PyObject *o;
     if (plain) {
         o = PyObject_Vectorcall(h->numel_meth, &t, 1, NULL);
@@ -44,6 +40,25 @@ static int count_of(Hook *h, PyObject *t, int plain, int64_t *n, PyObject **dtyp
     Py_XDECREF(o);
     if (bad) clear_ordinary();
     return bad ? -1 : 0;
+}
+
+/* The element count of `t`, as `type(t).numel(t)`, and, when read from the TensorImpl, its dtype
+ * (borrowed; else NULL); -1 for anything the Python path should handle (no ordinary error set). */
+static inline int count_of(Hook *h, PyObject *t, int plain, int64_t *n, PyObject **dtype) {
+    *dtype = NULL;
+    if (plain && h->tensor_info && h->tensor_info(t, n, dtype) == 0) return 0;
+    *dtype = NULL;
+    return count_by_python(h, t, plain, n);
+}
+
+/* The dtype of a tensor the TensorImpl reader did not read (new reference; NULL, no ordinary
+ * error set, if it has none). */
+COLD static PyObject *dtype_by_python(Hook *h, PyObject *tensor, int plain) {
+    PyObject *dt = plain
+        ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor, h->tensor_type)
+        : PyObject_GetAttr(tensor, s_dtype);
+    if (!dt) clear_ordinary();
+    return dt;
 }
 
 /* The element counts of the call's tensor(s) as int64 and its dtype (new reference); -1 for
@@ -59,21 +74,15 @@ int hook_sizes(Hook *h, PyObject **bound, BusySlot *slot) {
     int64_t n, other;
     PyObject *dt, *unused;
     int plain = plain_tensor(h, tensor);
-    if (count_of(h, tensor, plain, &n, &dt)) return -1;
+    if (UNLIKELY(count_of(h, tensor, plain, &n, &dt))) return -1;
     if (h->i_other >= 0) {
         PyObject *t2 = bound[h->i_other];
-        if (count_of(h, t2, plain_tensor(h, t2), &other, &unused)) return -1;
+        if (UNLIKELY(count_of(h, t2, plain_tensor(h, t2), &other, &unused))) return -1;
     } else {
         other = n;
     }
-    if (dt) {
-        slot->dtype = Py_NewRef(dt);
-    } else {
-        slot->dtype = plain ? Py_TYPE(h->dtype_get)->tp_descr_get(h->dtype_get, tensor,
-                                                                 h->tensor_type)
-                            : PyObject_GetAttr(tensor, s_dtype);
-        if (!slot->dtype) { clear_ordinary(); return -1; }
-    }
+    slot->dtype = dt ? Py_NewRef(dt) : dtype_by_python(h, tensor, plain);
+    if (UNLIKELY(!slot->dtype)) return -1;
     slot->n = n;
     slot->in = h->other_is_out ? n : other;
     slot->out = h->other_is_out ? other : n;
@@ -96,6 +105,18 @@ static int same_phase_but_step(PyObject *a, PyObject *b) {
     return 1;
 }
 
+/* hook_key for a call whose key is not the last call's: `key_code` interns it. */
+COLD static int key_by_python(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
+    PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, s->dtype, s->gi, s->ph,
+                                               NULL);
+    if (!k) return -1;
+    int ok = PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 2 &&
+             as_i64(PyTuple_GET_ITEM(k, 0), code) == 0 &&
+             as_i64(PyTuple_GET_ITEM(k, 1), step) == 0;
+    Py_DECREF(k);
+    return ok ? 1 : PyErr_Occurred() ? -1 : 0;
+}
+
 /* The key code and step of a call (see make_wrapper's `last`): from the last call's key when
  * the dtype, group and phase name/path are the same, else from `key_code`. 1 when known, 0 when
  * a value is not an int64 (the call becomes a raw row), -1 on error. */
@@ -110,14 +131,8 @@ int hook_key(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
         if (st == Py_None) *step = NO_STEP;
         else if (as_i64(st, step) < 0) return PyErr_Occurred() ? -1 : 0;
     } else {
-        PyObject *k = PyObject_CallFunctionObjArgs(h->key_code, h->api_idx, s->dtype, s->gi,
-                                                   s->ph, NULL);
-        if (!k) return -1;
-        int ok = PyTuple_Check(k) && PyTuple_GET_SIZE(k) == 2 &&
-                 as_i64(PyTuple_GET_ITEM(k, 0), code) == 0 &&
-                 as_i64(PyTuple_GET_ITEM(k, 1), step) == 0;
-        Py_DECREF(k);
-        if (!ok) return PyErr_Occurred() ? -1 : 0;
+        int known = key_by_python(h, s, code, step);
+        if (known <= 0) return known;
     }
     /* Replace the whole cache before releasing the old values: a release can run code (and
      * let another thread in), which must never see half a cache. */

@@ -106,7 +106,7 @@ static PyObject *records_of(PyObject *s) {
 
 /* Append `recd` to a buffer that is not a Records (an array('q') with `flush_at`, as the
  * pure-Python path makes); 1 if it is due for a flush, 0 if not, -1 on error. */
-static int append_other(PyObject *ints, const int64_t *recd) {
+COLD static int append_other(PyObject *ints, const int64_t *recd) {
     PyObject *b = PyBytes_FromStringAndSize((const char *)recd, NFIELDS * 8);
     PyObject *ok = b ? PyObject_CallMethodOneArg(ints, s_frombytes, b) : NULL;
     Py_XDECREF(b);
@@ -120,6 +120,38 @@ static int append_other(PyObject *ints, const int64_t *recd) {
     return due;
 }
 
+/* The Records buffer of session `s` (new reference, or NULL with an error), looked up and kept
+ * as the hook's cache (see hook_append_all). */
+COLD static PyObject *lookup_records(Hook *h, PyObject *s) {
+    PyObject *ints = records_of(s);
+    if (!ints) return NULL;
+    PyObject *wr = PyWeakref_NewRef(s, NULL);
+    if (wr) { /* swap the whole cache, then release the old values (that can run code) */
+        PyObject *old_s = h->cached_session, *old_i = h->cached_ints;
+        h->cached_session = wr;
+        h->cached_ints = Py_NewRef(ints);
+        Py_XDECREF(old_s); Py_XDECREF(old_i);
+    } else {
+        PyErr_Clear(); /* a session without weak references: looked up every call */
+    }
+    return ints;
+}
+
+/* `s.flush(blocking=False)`: its buffer reached the flush threshold. 0, or -1 with an error. */
+COLD static int flush_session(PyObject *s) {
+    PyObject *meth = PyObject_GetAttr(s, s_flush);
+    PyObject *kw = meth ? Py_BuildValue("{O:O}", s_blocking, Py_False) : NULL;
+    PyObject *e = PyTuple_New(0);
+    PyObject *r = (meth && kw && e) ? PyObject_Call(meth, e, kw) : NULL;
+    Py_XDECREF(meth); Py_XDECREF(kw); Py_XDECREF(e);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+static inline int is_cached(Hook *h, PyObject *s) {
+    return h->cached_session && PyWeakref_GET_OBJECT(h->cached_session) == s;
+}
+
 /* See _chook.h. A session's buffer is looked up once and kept (a session keeps its ColumnBuffer
  * for life); the session itself is held by a weak reference, so a closed session is not kept
  * alive by the cache. */
@@ -127,45 +159,23 @@ int hook_append_all(Hook *h, const int64_t *recd) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(h->sessions); i++) {
         PyObject *s = PyList_GET_ITEM(h->sessions, i);
         Py_INCREF(s);
-        PyObject *ints;
-        if (h->cached_session && PyWeakref_GET_OBJECT(h->cached_session) == s) {
-            ints = Py_NewRef(h->cached_ints);
-        } else {
-            if (!(ints = records_of(s))) { Py_DECREF(s); return -1; }
-            PyObject *wr = PyWeakref_NewRef(s, NULL);
-            if (wr) { /* swap the whole cache, then release the old values (that can run code) */
-                PyObject *old_s = h->cached_session, *old_i = h->cached_ints;
-                h->cached_session = wr;
-                h->cached_ints = Py_NewRef(ints);
-                Py_XDECREF(old_s); Py_XDECREF(old_i);
-            } else {
-                PyErr_Clear(); /* a session without weak references: looked up every call */
-            }
-        }
-        int due;
-        if (Py_IS_TYPE(ints, &RecordsType)) {
+        PyObject *ints = is_cached(h, s) ? Py_NewRef(h->cached_ints) : lookup_records(h, s);
+        int due = -1;
+        if (ints && Py_IS_TYPE(ints, &RecordsType)) {
             Records *r = (Records *)ints;
-            due = records_reserve(r, NFIELDS);
+            due = r->n + NFIELDS <= r->cap ? 0 : records_reserve(r, NFIELDS);
             if (due == 0) {
                 memcpy(r->data + r->n, recd, NFIELDS * sizeof(int64_t));
                 r->n += NFIELDS;
                 due = r->n >= r->flush_at;
             }
-        } else {
+        } else if (ints) {
             due = append_other(ints, recd);
         }
-        Py_DECREF(ints);
-        if (due > 0) {
-            PyObject *meth = PyObject_GetAttr(s, s_flush);
-            PyObject *kw = meth ? Py_BuildValue("{O:O}", s_blocking, Py_False) : NULL;
-            PyObject *e = PyTuple_New(0);
-            PyObject *r = (meth && kw && e) ? PyObject_Call(meth, e, kw) : NULL;
-            Py_XDECREF(meth); Py_XDECREF(kw); Py_XDECREF(e);
-            due = r ? 0 : -1;
-            Py_XDECREF(r);
-        }
+        Py_XDECREF(ints);
+        if (UNLIKELY(due > 0)) due = flush_session(s);
         Py_DECREF(s);
-        if (due < 0) return -1;
+        if (UNLIKELY(due < 0)) return -1;
     }
     return 0;
 }

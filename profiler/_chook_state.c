@@ -52,7 +52,8 @@ int busy_set(Busy *b, const BusySlot *slot) {
 
 void busy_remove(Busy *b, Py_ssize_t i) {
     BusySlot gone = b->slots[i];
-    memmove(b->slots + i, b->slots + i + 1, (size_t)(b->n - i - 1) * sizeof(BusySlot));
+    if (UNLIKELY(i < b->n - 1)) /* usually the last slot: no libc call, no code to fetch */
+        memmove(b->slots + i, b->slots + i + 1, (size_t)(b->n - i - 1) * sizeof(BusySlot));
     b->n--;
     slot_release(&gone);
 }

@@ -49,26 +49,43 @@ def _decode(codes: np.ndarray, dictionary: list, typ: pa.DataType) -> pa.Array:
     if typ != pa.string():
         return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()),
                                               pa.array(dictionary, typ)).cast(typ)
+    remap, values, valid = _string_dictionary(tuple(dictionary))
+    if remap is not None:
+        codes = remap[codes]
+    if valid is not None:
+        # Null rows as masked codes (Arrow cannot merge dictionaries holding nulls). With nulls
+        # present the Parquet writer takes min/max over the whole dictionary, so it keeps only
+        # the values some row has.
+        valid = valid[codes]
+        used = np.flatnonzero(np.bincount(codes[valid], minlength=len(values)))
+        if not len(used):
+            return pa.nulls(len(codes), pa.dictionary(pa.int32(), typ))
+        lut = np.zeros(len(values), np.int32)
+        lut[used] = np.arange(len(used), dtype=np.int32)
+        return pa.DictionaryArray.from_arrays(pa.array(lut[codes], pa.int32(), mask=~valid),
+                                              values.take(pa.array(used)))
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), values)
+
+
+# Parts of one program use the same few dictionaries (APIs, ops, groups, phases) part after part:
+# each is built once (a part of ~1,000 events, as a timed flush writes, spends a third of its
+# table-building time on them otherwise).
+@functools.lru_cache(maxsize=256)
+def _string_dictionary(dictionary: tuple) -> tuple[np.ndarray | None, pa.Array,
+                                                   np.ndarray | None]:
+    """(codes -> entries remap or None, the string dictionary array, per-entry validity or None
+    when no entry is null) for a dictionary given per code."""
+    remap = None
     if len(set(dictionary)) < len(dictionary):
         # One entry per value: the Parquet writer stores a dictionary holding a value twice
         # (several APIs of one op, one capture kind for all) as plain strings, ~2x the cost.
         first: dict = {}
         remap = np.array([first.setdefault(v, len(first)) for v in dictionary], np.int32)
-        codes, dictionary = remap[codes], list(first)
+        dictionary = tuple(first)
+    valid = None
     if None in dictionary:
-        # Null rows as masked codes (Arrow cannot merge dictionaries holding nulls). With nulls
-        # present the Parquet writer takes min/max over the whole dictionary, so it keeps only
-        # the values some row has.
-        valid = np.array([v is not None for v in dictionary])[codes]
-        used = np.flatnonzero(np.bincount(codes[valid], minlength=len(dictionary)))
-        if not len(used):
-            return pa.nulls(len(codes), pa.dictionary(pa.int32(), typ))
-        remap = np.zeros(len(dictionary), np.int32)
-        remap[used] = np.arange(len(used), dtype=np.int32)
-        return pa.DictionaryArray.from_arrays(
-            pa.array(remap[codes], pa.int32(), mask=~valid),
-            pa.array([dictionary[i] for i in used.tolist()], typ))
-    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(dictionary, typ))
+        valid = np.array([v is not None for v in dictionary])
+    return remap, pa.array(dictionary, pa.string()), valid
 
 
 # Columns that hold one value on every row (run id, host, rank, all-null extras) are the same
@@ -164,8 +181,8 @@ def columns_to_table(data: np.ndarray, keys: list[tuple], ident: Identity,
         _extras(None, n))
 
 
-def _meta(ident: Identity) -> dict:
-    return {RUN_ID_KEY: ident.run_id.encode(), RANK_KEY: str(ident.rank).encode()}
+def _meta(ident: Identity) -> tuple:
+    return ((RUN_ID_KEY, ident.run_id.encode()), (RANK_KEY, str(ident.rank).encode()))
 
 
 def _assemble(ident: Identity, groups: dict[str, GroupInfo], api_idx: np.ndarray,
@@ -245,10 +262,12 @@ def _assemble(ident: Identity, groups: dict[str, GroupInfo], api_idx: np.ndarray
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
-def _table_schema(metadata: dict) -> pa.Schema:
-    """The trace schema as the writer's tables hold it: string columns dictionary-encoded
-    (`write_part` stores them as plain Parquet strings: readers see `arrow_schema`)."""
-    base = arrow_schema(metadata)
+@functools.lru_cache(maxsize=8)
+def _table_schema(metadata: tuple) -> pa.Schema:
+    """The trace schema as the writer's tables hold it, with key-value `metadata` (pairs): string
+    columns dictionary-encoded (`write_part` stores them as plain Parquet strings: readers see
+    `arrow_schema`). One per run and rank, built once."""
+    base = arrow_schema(dict(metadata))
     return pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable)
                       if f.name in _DICTIONARY_COLUMNS else f for f in base],
                      metadata=base.metadata)
@@ -314,9 +333,15 @@ _PARQUET_DICTIONARY = _DICTIONARY_COLUMNS + ["count", "bytes", "in_bytes", "out_
 _STATISTICS_COLUMNS = ["rank", "seq", "pg_name", "pg_dim", "pg_seq", "op", "bytes", "phase",
                        "step", "t_start_ns"]
 # Counters and clocks rise call by call: delta encoding stores them in a few bits per value
-# (parts ~4x smaller than plain + zstd, and no slower to write).
+# (parts ~4x smaller than plain + compression, and no slower to write).
 _DELTA_COLUMNS = {c: "DELTA_BINARY_PACKED" for c in
                   ("seq", "pg_seq", "t_start_ns", "t_end_ns", "t_return_ns", "step")}
+
+
+# LZ4 (Parquet's LZ4_RAW): parts as small as zstd level 1 gave (dictionary and delta encoding do
+# most of the work), without zstd's fixed cost per column chunk, which was ~0.5-0.8 ms of a
+# timed flush's ~1,000-event part (40 columns).
+_COMPRESSION = "lz4"
 
 
 def write_part(table: pa.Table, directory: str, name: str) -> str:
@@ -328,8 +353,8 @@ def write_part(table: pa.Table, directory: str, name: str) -> str:
     table = table.replace_schema_metadata(None)
     # No Arrow schema in the file: dictionary-encoded strings read back as plain strings (the
     # Parquet types are the same either way); the trace's own keys go in as key-value metadata.
-    with pq.ParquetWriter(tmp, table.schema, store_schema=False, compression="zstd",
-                          compression_level=1, use_dictionary=_PARQUET_DICTIONARY,
+    with pq.ParquetWriter(tmp, table.schema, store_schema=False, compression=_COMPRESSION,
+                          use_dictionary=_PARQUET_DICTIONARY,
                           write_statistics=_STATISTICS_COLUMNS,
                           column_encoding=_DELTA_COLUMNS) as writer:
         writer.write_table(table)
