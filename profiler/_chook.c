@@ -93,6 +93,25 @@ COLD static int record_raw(Hook *h, const BusySlot *slot, int64_t t1) {
     return r ? 0 : -1;
 }
 
+/* The info and pg_seq counter of `group` from the registry (borrowed; NULL when either is not
+ * there yet, or the group is unhashable: the Python path resolves it), kept as the last group. */
+COLD static PyObject *lookup_group(Hook *h, PyObject *group, PyObject **gi_out) {
+    int64_t epoch = ((Counter *)h->epoch)->next; /* before the lookups: a clear may run code */
+    PyObject *gi = PyDict_GetItemWithError(h->names, group);
+    PyObject *ctr = (gi && PyTuple_Check(gi) && PyTuple_GET_SIZE(gi) > 0)
+        ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
+    *gi_out = gi;
+    if (!ctr) return NULL;
+    /* Replace the whole cache, then release the old values (that can run code). */
+    PyObject *old_g = h->last_group, *old_gi = h->last_group_gi, *old_c = h->last_group_ctr;
+    h->last_group = Py_NewRef(group);
+    h->last_group_gi = Py_NewRef(gi);
+    h->last_group_ctr = Py_NewRef(ctr);
+    h->group_epoch = epoch;
+    Py_XDECREF(old_g); Py_XDECREF(old_gi); Py_XDECREF(old_c);
+    return h->last_group_ctr;
+}
+
 static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Busy *busy = (Busy *)h->busy;
@@ -115,9 +134,13 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
      * tensor subclass), which must not find the borrowed lookups below in use. */
     if (UNLIKELY(hook_sizes(h, bound, &slot) < 0)) goto slow;
     PyObject *group = bound[h->i_group] ? bound[h->i_group] : Py_None;
-    PyObject *gi = PyDict_GetItemWithError(h->names, group); /* borrowed */
-    PyObject *ctr = (gi && PyTuple_Check(gi) && PyTuple_GET_SIZE(gi) > 0)
-        ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
+    PyObject *gi, *ctr; /* borrowed */
+    if (group == h->last_group && ((Counter *)h->epoch)->next == h->group_epoch) {
+        gi = h->last_group_gi;
+        ctr = h->last_group_ctr;
+    } else {
+        ctr = lookup_group(h, group, &gi);
+    }
     PyObject *seq_it = ctr ? *(PyObject **)((char *)h->rec + h->off_seq) : NULL;
     if (UNLIKELY(!seq_it)) { /* a group's first call (or an unhashable group): Python resolves it */
         clear_ordinary();
@@ -230,23 +253,28 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     PyObject *counters = sessions ? PyObject_GetAttrString(rec, "counters") : NULL;
     PyObject *groups = counters ? PyObject_GetAttrString(rec, "groups") : NULL;
     PyObject *names = groups ? PyObject_GetAttrString(groups, "_names") : NULL;
-    Py_ssize_t off_cuda_timing = names ? slot_offset(rec, s_cuda_timing) : -1;
+    PyObject *epoch = names ? PyObject_GetAttrString(groups, "epoch") : NULL;
+    Py_ssize_t off_cuda_timing = epoch ? slot_offset(rec, s_cuda_timing) : -1;
     Py_ssize_t off_seq = off_cuda_timing >= 0 ? slot_offset(rec, s_seq) : -1;
     Py_XDECREF(groups);
     if (off_seq < 0 || !Py_IS_TYPE(busy, &BusyType) || !PyList_Check(sessions) ||
-        !PyDict_Check(counters) || !PyDict_Check(names) || !PyContextVar_CheckExact(phase_var)) {
+        !PyDict_Check(counters) || !PyDict_Check(names) || !Py_IS_TYPE(epoch, &CounterType) ||
+        !PyContextVar_CheckExact(phase_var)) {
         Py_XDECREF(busy); Py_XDECREF(sessions); Py_XDECREF(counters); Py_XDECREF(names);
+        Py_XDECREF(epoch);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Hook: unexpected recorder");
         return NULL;
     }
     Hook *h = (Hook *)type->tp_alloc(type, 0);
     if (!h) {
         Py_DECREF(busy); Py_DECREF(sessions); Py_DECREF(counters); Py_DECREF(names);
+        Py_DECREF(epoch);
         return NULL;
     }
     h->vectorcall = (vectorcallfunc)hook_vectorcall;
     h->orig = Py_NewRef(orig); h->slow = Py_NewRef(slow);
     h->busy = busy; h->sessions = sessions; h->counters = counters; h->names = names;
+    h->epoch = epoch;
     h->rec = Py_NewRef(rec);
     h->off_cuda_timing = off_cuda_timing; h->off_seq = off_seq;
     h->key_code = Py_NewRef(key_code); h->phase_var = Py_NewRef(phase_var);
@@ -272,7 +300,8 @@ static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 /* Every object field, once: traverse and clear expand the same list. */
 #define HOOK_OBJECTS(X) X(dict) X(orig) X(slow) X(busy) X(sessions) X(counters) X(names) \
     X(key_code) X(phase_var) X(fail) X(raw) X(api_idx) X(params) X(last_dt) X(last_gi) X(last_ph) \
-    X(cached_session) X(cached_ints) X(rec) X(tensor_type) X(dtype_get) X(numel_meth)
+    X(cached_session) X(cached_ints) X(rec) X(tensor_type) X(dtype_get) X(numel_meth) X(epoch) \
+    X(last_group) X(last_group_gi) X(last_group_ctr)
 
 static int hook_traverse(Hook *h, visitproc visit, void *arg) {
 #define VISIT(field) Py_VISIT(h->field);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, NamedTuple
 
 __all__ = ["GroupInfo", "GroupRegistry"]
@@ -22,14 +23,19 @@ class GroupRegistry:
     name reused after destroy/re-init gets a new object (never the old group's size).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, new_counter: Any = itertools.count) -> None:
         self._names: dict[Any, GroupInfo] = {}
         self.infos: dict[str, GroupInfo] = {}
+        # Advanced by every clear(): the compiled hook keeps its last group's info and counter
+        # while this is unchanged (a group's entry is only ever added, never replaced, between
+        # clears). Never rebound: the hook holds the object.
+        self.epoch = new_counter()
 
     def clear(self) -> None:
         """Forget every group (after init/destroy_process_group, names and objects are reused)."""
         self._names.clear()
         self.infos.clear()
+        next(self.epoch)  # after the clear: a call in between still finds the old entries
 
     def resolve_info(self, group: Any) -> GroupInfo:
         """Info of `group` (None = default group). Hot path: one dict lookup when cached."""

@@ -57,7 +57,7 @@ class Recorder:
         # get_ident() is cheaper than threading.local here; the compiled one keeps the compiled
         # hook's entries unboxed.
         self.busy: dict[int, Any] = _Busy()
-        self.groups = GroupRegistry()
+        self.groups = GroupRegistry(_Counter)
         self.seq = self.new_counter()
         self.counters: dict[Any, Any] = {}  # pg_seq counter key -> new_counter()
         self.work = WorkTracker()
@@ -103,7 +103,7 @@ class Recorder:
     def _reset_counters(self) -> None:
         self.seq = self.new_counter()
         self.counters.clear()  # cleared in place: the wrappers hold the dict
-        self.groups.clear()
+        self.groups.clear()  # last: its epoch tells the compiled hook both maps were cleared
         self.rank = None
 
     def on_process_group_change(self) -> None:

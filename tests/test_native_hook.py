@@ -26,7 +26,7 @@ from commscope import profiler
 from commscope.profiler import _columns, _ops, _wrappers
 from commscope.profiler._recorder import RECORDER
 from tests.analysis_fixtures import session_events
-from tests.hook_paths import WORLD, built, use_python_path
+from tests.hook_paths import RANK, WORLD, built, use_python_path
 
 pytestmark = pytest.mark.usefixtures("hook_fake_pg")
 
@@ -103,6 +103,30 @@ def test_compiled_and_python_hooks_record_the_same_rows(tmp_path, monkeypatch, f
     assert native.columns.tolist() == python.columns.tolist()
     tn, tp = (pa.Table.from_pandas(df, preserve_index=False) for df in (native, python))
     assert [c for c in tn.column_names if not tn[c].equals(tp[c])] == []
+
+
+def test_a_group_reinitialised_mid_session_is_resolved_again(tmp_path, hook_path):
+    """destroy_process_group and init_process_group with another world size inside a session:
+    the default group's next call records the new group (the compiled hook keeps its last group
+    only until the registry is cleared)."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    t = torch.ones(3)
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(t)
+        dist.all_reduce(t)
+        dist.destroy_process_group()
+        try:
+            dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+            dist.all_reduce(t)
+            dist.all_reduce(t)
+        finally:
+            dist.destroy_process_group()
+            dist.init_process_group("fake", rank=RANK, world_size=WORLD, store=FakeStore())
+    df = session_events(s)
+    assert df["pg_size"].tolist() == [WORLD, WORLD, 2, 2]
+    assert df["pg_ranks"].map(list).tolist() == [list(range(WORLD))] * 2 + [[0, 1]] * 2
+    assert df["bytes"].tolist() == [12] * 4
 
 
 class _IndexSized:
