@@ -109,7 +109,7 @@ COLD static PyObject *lookup_group(Hook *h, PyObject *group, PyObject **gi_out) 
     h->last_group_ctr = Py_NewRef(ctr);
     h->group_epoch = epoch;
     Py_XDECREF(old_g); Py_XDECREF(old_gi); Py_XDECREF(old_c);
-    return h->last_group_ctr;
+    return ctr; /* alive: the cache holds it */
 }
 
 static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
