@@ -93,23 +93,39 @@ COLD static int record_raw(Hook *h, const BusySlot *slot, int64_t t1) {
     return r ? 0 : -1;
 }
 
-/* The info and pg_seq counter of `group` from the registry (borrowed; NULL when either is not
- * there yet, or the group is unhashable: the Python path resolves it), kept as the last group. */
+/* Whether `group` is the hook's last group: None is held as itself, any other group by a weak
+ * reference (a destroyed group is never kept alive by the hook; its death clears the reference,
+ * so no later object at its address can match). */
+static inline int is_last_group(Hook *h, PyObject *group) {
+    PyObject *g = h->last_group;
+    if (g == Py_None || !g) return g == group;
+    return group != Py_None && PyWeakref_GET_OBJECT(g) == group;
+}
+
+/* The info and pg_seq counter of `group` from the registry (new references; NULL, and *gi_out
+ * NULL, when either is not there yet or the group is unhashable: the Python path resolves it),
+ * kept as the hook's last group when the group takes a weak reference. */
 COLD static PyObject *lookup_group(Hook *h, PyObject *group, PyObject **gi_out) {
     int64_t epoch = ((Counter *)h->epoch)->next; /* before the lookups: a clear may run code */
+    *gi_out = NULL;
     PyObject *gi = PyDict_GetItemWithError(h->names, group);
     PyObject *ctr = (gi && PyTuple_Check(gi) && PyTuple_GET_SIZE(gi) > 0)
         ? PyDict_GetItemWithError(h->counters, PyTuple_GET_ITEM(gi, 0)) : NULL;
-    *gi_out = gi;
     if (!ctr) return NULL;
-    /* Replace the whole cache, then release the old values (that can run code). */
-    PyObject *old_g = h->last_group, *old_gi = h->last_group_gi, *old_c = h->last_group_ctr;
-    h->last_group = Py_NewRef(group);
-    h->last_group_gi = Py_NewRef(gi);
-    h->last_group_ctr = Py_NewRef(ctr);
-    h->group_epoch = epoch;
-    Py_XDECREF(old_g); Py_XDECREF(old_gi); Py_XDECREF(old_c);
-    return ctr; /* alive: the cache holds it */
+    Py_INCREF(gi); Py_INCREF(ctr); /* the caller's, before anything below can run code */
+    PyObject *ref = group == Py_None ? Py_NewRef(Py_None) : PyWeakref_NewRef(group, NULL);
+    if (ref) { /* replace the whole cache, then release the old values (that can run code) */
+        PyObject *old_g = h->last_group, *old_gi = h->last_group_gi, *old_c = h->last_group_ctr;
+        h->last_group = ref;
+        h->last_group_gi = Py_NewRef(gi);
+        h->last_group_ctr = Py_NewRef(ctr);
+        h->group_epoch = epoch;
+        Py_XDECREF(old_g); Py_XDECREF(old_gi); Py_XDECREF(old_c);
+    } else {
+        PyErr_Clear(); /* a group without weak references: looked up every call */
+    }
+    *gi_out = gi;
+    return ctr;
 }
 
 static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
@@ -134,21 +150,22 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
      * tensor subclass), which must not find the borrowed lookups below in use. */
     if (UNLIKELY(hook_sizes(h, bound, &slot) < 0)) goto slow;
     PyObject *group = bound[h->i_group] ? bound[h->i_group] : Py_None;
-    PyObject *gi, *ctr; /* borrowed */
-    if (group == h->last_group && ((Counter *)h->epoch)->next == h->group_epoch) {
-        gi = h->last_group_gi;
-        ctr = h->last_group_ctr;
+    PyObject *gi, *ctr; /* new references */
+    if (is_last_group(h, group) && ((Counter *)h->epoch)->next == h->group_epoch) {
+        gi = Py_NewRef(h->last_group_gi);
+        ctr = Py_NewRef(h->last_group_ctr);
     } else {
         ctr = lookup_group(h, group, &gi);
     }
     PyObject *seq_it = ctr ? *(PyObject **)((char *)h->rec + h->off_seq) : NULL;
     if (UNLIKELY(!seq_it)) { /* a group's first call (or an unhashable group): Python resolves it */
         clear_ordinary();
+        Py_XDECREF(gi); Py_XDECREF(ctr);
         Py_DECREF(slot.dtype);
         goto slow;
     }
-    slot.gi = Py_NewRef(gi);
-    Py_INCREF(ctr); Py_INCREF(seq_it); /* next() of an iterator that is not a Counter runs code */
+    slot.gi = gi;
+    Py_INCREF(seq_it); /* next() of an iterator that is not a Counter runs code */
     int taken = PyContextVar_Get(h->phase_var, Py_None, &slot.ph) == 0 &&
                 take_next(ctr, &slot.pg_seq) == 0 && take_next(seq_it, &slot.seq) == 0;
     Py_DECREF(ctr); Py_DECREF(seq_it);

@@ -68,9 +68,9 @@ typedef struct {
     PyObject *last_dt, *last_gi, *last_ph;
     int64_t last_code, last_step;
     PyObject *cached_session, *cached_ints; /* a weak reference to the session; its buffer */
-    /* The last group object and its info and pg_seq counter, valid while the registry's
-     * `epoch` Counter (advanced by every clear) reads `group_epoch`: two dict lookups saved. The
-     * group is held, so no other object can take its address. */
+    /* The last group (None itself, else a weak reference to it) and its info and pg_seq
+     * counter, valid while the registry's `epoch` Counter (advanced by every clear) reads
+     * `group_epoch`: two dict lookups saved per call (see is_last_group). */
     PyObject *epoch, *last_group, *last_group_gi, *last_group_ctr;
     int64_t group_epoch;
     /* The recorder, whose `cuda_timing` and `seq` slots (Recorder.__slots__) are read at these

@@ -15,6 +15,7 @@ import inspect
 import itertools
 import sys
 import threading
+import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -120,13 +121,33 @@ def test_a_group_reinitialised_mid_session_is_resolved_again(tmp_path, hook_path
             dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
             dist.all_reduce(t)
             dist.all_reduce(t)
-        finally:
-            dist.destroy_process_group()
+        finally:  # the module's group back, whatever failed above
+            if dist.is_initialized():
+                dist.destroy_process_group()
             dist.init_process_group("fake", rank=RANK, world_size=WORLD, store=FakeStore())
     df = session_events(s)
     assert df["pg_size"].tolist() == [WORLD, WORLD, 2, 2]
     assert df["pg_ranks"].map(list).tolist() == [list(range(WORLD))] * 2 + [[0, 1]] * 2
     assert df["bytes"].tolist() == [12] * 4
+    # Counters are kept per group name across a re-init (both worlds' groups are named "0").
+    assert df["pg_name"].nunique() == 1 and df["pg_seq"].tolist() == [0, 1, 2, 3]
+
+
+def test_a_destroyed_group_is_not_kept_alive(tmp_path, hook_path):
+    """A subgroup destroyed and dropped mid-session is freed at once on every path: the compiled
+    hook remembers its last group by a weak reference."""
+    t = torch.ones(3)
+    with profiler.trace(tmp_path) as s:
+        sub = dist.new_group([0, RANK])
+        dist.all_reduce(t, group=sub)
+        dist.all_reduce(t, group=sub)  # the compiled hook's last group from here
+        alive = weakref.ref(sub)
+        dist.destroy_process_group(sub)
+        del sub
+        gc.collect()
+        assert alive() is None
+        dist.all_reduce(t)
+    assert session_events(s)["pg_size"].tolist() == [2, 2, WORLD]
 
 
 class _IndexSized:
