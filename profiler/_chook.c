@@ -114,13 +114,10 @@ COLD static PyObject *lookup_group(Hook *h, PyObject *group, PyObject **gi_out) 
     if (!ctr) return NULL;
     Py_INCREF(gi); Py_INCREF(ctr); /* the caller's, before anything below can run code */
     PyObject *ref = group == Py_None ? Py_NewRef(Py_None) : PyWeakref_NewRef(group, NULL);
-    if (ref) { /* replace the whole cache, then release the old values (that can run code) */
-        PyObject *old_g = h->last_group, *old_gi = h->last_group_gi, *old_c = h->last_group_ctr;
-        h->last_group = ref;
-        h->last_group_gi = Py_NewRef(gi);
-        h->last_group_ctr = Py_NewRef(ctr);
+    if (ref) {
         h->group_epoch = epoch;
-        Py_XDECREF(old_g); Py_XDECREF(old_gi); Py_XDECREF(old_c);
+        cache_replace((PyObject **const[]){&h->last_group, &h->last_group_gi, &h->last_group_ctr},
+                      (PyObject *const[]){ref, Py_NewRef(gi), Py_NewRef(ctr)}, 3);
     } else {
         PyErr_Clear(); /* a group without weak references: looked up every call */
     }
@@ -147,7 +144,7 @@ static PyObject *hook_vectorcall(Hook *h, PyObject *const *args, size_t nargsf, 
     int is_async = async_op == Py_False ? 0 : PyObject_IsTrue(async_op);
     if (UNLIKELY(is_async != 0)) { clear_ordinary(); goto slow; }
     /* Sizes that are not int64: Python. First, as numel() and dtype can run Python code (a
-     * tensor subclass), which must not find the borrowed lookups below in use. */
+     * tensor subclass) that may change the group registry read below. */
     if (UNLIKELY(hook_sizes(h, bound, &slot) < 0)) goto slow;
     PyObject *group = bound[h->i_group] ? bound[h->i_group] : Py_None;
     PyObject *gi, *ctr; /* new references */

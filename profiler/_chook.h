@@ -103,8 +103,12 @@ int hook_key(Hook *h, const BusySlot *s, int64_t *code, int64_t *step);
  * over their threshold (0, or -1 with an exception set). */
 int hook_append_all(Hook *h, const int64_t *recd);
 
-/* Room for `extra` more values (sets MemoryError and returns -1 if there is none). */
-int records_reserve(Records *r, Py_ssize_t extra);
+/* Room for `extra` more values (sets MemoryError and returns -1 if there is none); the growth
+ * is out of line. */
+int records_grow(Records *r, Py_ssize_t extra);
+static inline int records_reserve(Records *r, Py_ssize_t extra) {
+    return r->n + extra <= r->cap ? 0 : records_grow(r, extra);
+}
 
 /* Index of `tid`'s slot, or -1. */
 Py_ssize_t busy_find(const Busy *b, unsigned long tid);
@@ -123,6 +127,18 @@ static inline int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Replace the `n` (<= 4) cache fields whole with `values` (references taken over), then release
+ * the old values: a release can run code (and let another thread in), which must never see half
+ * a cache. */
+static inline void cache_replace(PyObject **const fields[], PyObject *const values[], int n) {
+    PyObject *old[4];
+    for (int i = 0; i < n; i++) {
+        old[i] = *fields[i];
+        *fields[i] = values[i];
+    }
+    for (int i = 0; i < n; i++) Py_XDECREF(old[i]);
 }
 
 /* Clear a pending ordinary error (an Exception); KeyboardInterrupt, SystemExit and the like

@@ -134,14 +134,9 @@ int hook_key(Hook *h, const BusySlot *s, int64_t *code, int64_t *step) {
         int known = key_by_python(h, s, code, step);
         if (known <= 0) return known;
     }
-    /* Replace the whole cache before releasing the old values: a release can run code (and
-     * let another thread in), which must never see half a cache. */
-    PyObject *old_dt = h->last_dt, *old_gi = h->last_gi, *old_ph = h->last_ph;
-    h->last_dt = Py_NewRef(s->dtype);
-    h->last_gi = Py_NewRef(s->gi);
-    h->last_ph = Py_NewRef(s->ph);
     h->last_code = *code;
     h->last_step = *step;
-    Py_XDECREF(old_dt); Py_XDECREF(old_gi); Py_XDECREF(old_ph);
+    cache_replace((PyObject **const[]){&h->last_dt, &h->last_gi, &h->last_ph},
+                  (PyObject *const[]){Py_NewRef(s->dtype), Py_NewRef(s->gi), Py_NewRef(s->ph)}, 3);
     return 1;
 }

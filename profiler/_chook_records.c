@@ -7,8 +7,7 @@
 
 /* ---------------------------------------------------------------------------- Records */
 
-int records_reserve(Records *r, Py_ssize_t extra) {
-    if (r->n + extra <= r->cap) return 0;
+COLD int records_grow(Records *r, Py_ssize_t extra) {
     Py_ssize_t cap = r->cap ? r->cap : 1024;
     while (cap < r->n + extra) cap *= 2;
     int64_t *p = PyMem_Realloc(r->data, (size_t)cap * sizeof(int64_t));
@@ -126,11 +125,9 @@ COLD static PyObject *lookup_records(Hook *h, PyObject *s) {
     PyObject *ints = records_of(s);
     if (!ints) return NULL;
     PyObject *wr = PyWeakref_NewRef(s, NULL);
-    if (wr) { /* swap the whole cache, then release the old values (that can run code) */
-        PyObject *old_s = h->cached_session, *old_i = h->cached_ints;
-        h->cached_session = wr;
-        h->cached_ints = Py_NewRef(ints);
-        Py_XDECREF(old_s); Py_XDECREF(old_i);
+    if (wr) {
+        cache_replace((PyObject **const[]){&h->cached_session, &h->cached_ints},
+                      (PyObject *const[]){wr, Py_NewRef(ints)}, 2);
     } else {
         PyErr_Clear(); /* a session without weak references: looked up every call */
     }
@@ -163,7 +160,7 @@ int hook_append_all(Hook *h, const int64_t *recd) {
         int due = -1;
         if (ints && Py_IS_TYPE(ints, &RecordsType)) {
             Records *r = (Records *)ints;
-            due = r->n + NFIELDS <= r->cap ? 0 : records_reserve(r, NFIELDS);
+            due = records_reserve(r, NFIELDS);
             if (due == 0) {
                 memcpy(r->data + r->n, recd, NFIELDS * sizeof(int64_t));
                 r->n += NFIELDS;
