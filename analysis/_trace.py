@@ -150,7 +150,10 @@ class Trace(_Events):
                              "CAST(run_id AS VARCHAR) AS run_id, CAST(rank AS INTEGER) AS rank, "
                              "CAST(clock_offset_ns AS BIGINT) AS clock_offset_ns "
                              "FROM clock_offsets_df")
-        same = all(s.remove_metadata().equals(schemas[0].remove_metadata()) for s in schemas)
+        # Names and types decide; nullability may differ (recorded parts store the columns the
+        # writer always fills as required, imported parts do not).
+        shapes = {tuple((f.name, f.type) for f in s) for s in schemas}
+        same = len(shapes) == 1
         files = ", ".join("'" + f.replace("'", "''") + "'" for f in self.files)
         self._source = (f"read_parquet([{files}], hive_partitioning = false"
                         f"{'' if same else ', union_by_name = true'})")

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import pyarrow as pa
 
 __all__ = ["SCHEMA_VERSION", "COLUMNS", "Column", "arrow_schema", "schema_markdown", "OPS",
-           "SCHEMA_VERSION_KEY", "RUN_ID_KEY", "RANK_KEY"]
+           "SCHEMA_VERSION_KEY", "RUN_ID_KEY", "RANK_KEY", "RECORDED_REQUIRED"]
 
 #: Bump the minor number for added columns, the major one for changed meaning or removed columns.
 SCHEMA_VERSION = "1.1"
@@ -77,6 +77,13 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
+#: Columns the recording writer fills on every row by construction (identity, values looked up
+#: per API or group, extra fields with defaults): recorded part files store them as required
+#: Parquet columns. Everything else, and every column of imported parts, is optional.
+RECORDED_REQUIRED = frozenset({"run_id", "rank", "world_size", "host", "pid", "pg_size", "op",
+                               "api", "capture", "completion", "async_op", "device", "source"})
+
+
 def arrow_schema(metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
     """The Arrow schema of a trace part file, with optional key-value metadata."""
     meta = {SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()}
@@ -99,6 +106,10 @@ def schema_markdown() -> str:
         "Bandwidth conventions follow nccl-tests: algbw = bytes / time, busbw = algbw x factor with",
         "factor 2(n-1)/n for all_reduce, (n-1)/n for all_gather, reduce_scatter and all_to_all, 1 for",
         "broadcast, reduce and send/recv; n = pg_size; 1 GB = 1e9 bytes.",
+        "",
+        "Every column may be null in general; part files recorded by the hooks store "
+        + ", ".join(f"`{c.name}`" for c in COLUMNS if c.name in RECORDED_REQUIRED)
+        + " as required Parquet columns (never null there).",
         "",
         "| column | type | unit | meaning |",
         "|---|---|---|---|",

@@ -183,6 +183,18 @@ def test_group_relative_ranks_are_mapped_to_global(tmp_path):
     assert df["pg_ranks"].iloc[0].tolist() == [1, 3, 5, 7]
 
 
+def test_a_part_on_several_groups_keeps_each_rows_ranks(tmp_path):
+    g = dist.new_group([1, 3, 5, 7])
+    with profiler.trace(tmp_path) as s:
+        dist.all_reduce(torch.ones(2), group=g)
+        dist.all_reduce(torch.ones(2))
+        dist.all_reduce(torch.ones(2), group=g)
+    df = _events(s)
+    assert [r.tolist() for r in df["pg_ranks"]] == [[1, 3, 5, 7], list(range(WORLD)),
+                                                     [1, 3, 5, 7]]
+    assert df["pg_size"].tolist() == [4, WORLD, 4]
+
+
 def test_full_capture_sees_direct_dispatcher_calls_once(tmp_path):
     t = torch.ones(6)
     with profiler.trace(tmp_path, capture="full") as s:
@@ -413,3 +425,42 @@ def test_string_columns_are_stored_dictionary_encoded(tmp_path):
     assert table["op"].to_pylist() == ["all_reduce", "all_gather", "all_reduce", "broadcast"]
     assert table["capture"].to_pylist() == ["hook"] * 4
     assert table["completion"].to_pylist() == ["return", "return", "wait", "return"]
+
+
+def test_columns_the_writer_always_fills_are_stored_required(tmp_path):
+    """Recorded parts store the 13 columns the writer fills on every row (identity, per-API and
+    per-group values, extra fields with defaults) as required Parquet columns, packed and raw rows
+    alike; a trace that also holds a part with every column optional (as importers and older
+    versions write) reads as one, without DuckDB's union by name."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    with profiler.trace(tmp_path, run_name="req") as s:
+        dist.all_reduce(torch.ones(2))                             # packed record
+        dist.all_reduce(torch.ones(2), async_op=True).wait()       # raw row
+        with profiler.phase("decode", step=4):
+            dist.send(torch.ones(3), dst=5)
+    (part,) = glob.glob(f"{s.rank_dir}/part-*-00000.parquet")
+    meta = pq.read_metadata(part)
+    required = {meta.schema.column(i).path for i in range(meta.num_columns)
+                if meta.schema.column(i).max_definition_level == 0}
+    assert required == {"run_id", "rank", "world_size", "host", "pid", "pg_size", "op", "api",
+                        "capture", "completion", "async_op", "device", "source"}
+    table = pq.read_table(part)
+    assert table["async_op"].to_pylist() == [False, True, False]
+    assert table["completion"].to_pylist() == ["return", "wait", "return"]
+    assert table["pg_size"].to_pylist() == [WORLD] * 3
+    assert table["source"].to_pylist() == ["hooks"] * 3
+    assert table["pg_ranks"].to_pylist() == [list(range(WORLD))] * 3  # one group in the part
+
+    # The same rows again under another pid's name, every column optional.
+    optional = table.cast(profiler.arrow_schema(table.schema.metadata))
+    pq.write_table(optional, part.replace("part-", "part-99999999"))
+    t = analysis.Trace(s.run_dir)
+    assert "union_by_name" not in t._source
+    ev = t.events(columns=["seq", "op", "bytes", "async_op"])  # sorted by seq: pairs
+    assert ev["seq"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert ev["op"].tolist() == ["all_reduce"] * 4 + ["send"] * 2
+    assert ev["bytes"].tolist() == [8, 8, 8, 8, 12, 12]
+    assert ev["async_op"].tolist() == [False, False, True, True, False, False]
