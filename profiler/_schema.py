@@ -109,7 +109,11 @@ def schema_markdown() -> str:
         "",
         "Every column may be null in general; part files recorded by the hooks store "
         + ", ".join(f"`{c.name}`" for c in COLUMNS if c.name in RECORDED_REQUIRED)
-        + " as required Parquet columns (never null there).",
+        + " as required Parquet columns (never null there); imported parts store every column"
+        " as optional (an import may not know the host, pid or capture). A folder holding both"
+        " reads as one: `analysis.Trace` merges the part schemas, and a reader that takes the"
+        " first file's schema (pyarrow's dataset discovery) may label those fields `not null`"
+        " while reading the values as stored.",
         "",
         "| column | type | unit | meaning |",
         "|---|---|---|---|",
