@@ -113,7 +113,8 @@ def schema_markdown() -> str:
         " as optional (an import may not know the host, pid or capture). A folder holding both"
         " reads as one: `analysis.Trace` merges the part schemas, and a reader that takes the"
         " first file's schema (pyarrow's dataset discovery) may label those fields `not null`"
-        " while reading the values as stored.",
+        " while reading the values as stored (such a table cannot be written back to Parquet"
+        " as it is: cast it to `arrow_schema()` first).",
         "",
         "| column | type | unit | meaning |",
         "|---|---|---|---|",

@@ -107,19 +107,21 @@ def _ranks(infos: list, codes: np.ndarray) -> pa.Array:
     """The pg_ranks column from the groups' infos (None = unknown) and per-row codes."""
     if len(infos) == 1:  # a part on one group, the usual case
         ranks, n = (tuple(infos[0].ranks) if infos[0] else None), len(codes)
-        # Kept for the next part only while small (a 64 Ki-event part on a group of <= 16).
-        return (_cached_ranks if n * len(ranks or ()) <= 1 << 20 else _const_ranks)(ranks, n)
+        # Cached for later parts of the same size while small (64 Ki events on <= 16 ranks).
+        small = n * max(1, len(ranks or ())) <= 1 << 20
+        return (_cached_ranks if small else _const_ranks)(ranks, n)
     return pa.array([list(i.ranks) if i else None for i in infos],
                     pa.list_(pa.int32())).take(pa.array(codes))
 
 
 def _const_ranks(ranks: tuple | None, n: int) -> pa.Array:
-    """One group's ranks on each of n rows, from offsets and tiled values (a list take per row
-    cost ~0.8 ms of a 64 Ki-event part)."""
+    """One group's ranks on each of n rows (None: null rows; a group whose ranks could not be
+    resolved has none: empty lists), from offsets and tiled values (a list take per row cost
+    ~0.8 ms of a 64 Ki-event part)."""
     if ranks is None:
         return pa.nulls(n, pa.list_(pa.int32()))
     k = len(ranks)
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32)),
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * np.int32(k)),
                                     pa.array(np.tile(np.array(ranks, np.int32), n)))
 
 
@@ -370,7 +372,8 @@ _DELTA_COLUMNS = {c: "DELTA_BINARY_PACKED" for c in
 _COMPRESSION = "lz4"
 # Values handed to the column encoders per batch (pyarrow's default 1,024): a whole part of
 # flush_events (64 Ki) rows in one batch per column makes write_table ~10 % cheaper. A page is
-# closed after the batch that fills it, so pages hold up to ~1 MiB + one batch (512 KiB).
+# closed after the batch that fills it: a page may exceed 1 MiB by one batch of values (512 KiB
+# of int64; more for long strings, bounded by the table already in memory).
 _WRITE_BATCH = 65536
 
 

@@ -195,6 +195,50 @@ def test_a_part_on_several_groups_keeps_each_rows_ranks(tmp_path):
     assert df["pg_size"].tolist() == [4, WORLD, 4]
 
 
+def test_a_part_on_one_unresolvable_group_is_written(tmp_path):
+    """An engine method instrumented with a group name torch does not know: its ranks are
+    unknown (empty lists, size -1), and the part holding only such rows is still written."""
+
+    class Comm:
+        def all_reduce(self, t):
+            return t
+
+    handle = profiler.instrument(Comm, "all_reduce", op="all_reduce", group="engine-tp")
+    try:
+        with profiler.trace(tmp_path) as s:
+            for _ in range(5):
+                Comm().all_reduce(torch.ones(4))
+    finally:
+        handle.remove()
+    df = _events(s)
+    assert df["pg_name"].tolist() == ["engine-tp"] * 5
+    assert [r.tolist() for r in df["pg_ranks"]] == [[]] * 5
+    assert df["pg_size"].tolist() == [-1] * 5
+    assert df["bytes"].tolist() == [16] * 5
+
+
+def test_rows_on_a_group_the_writer_does_not_know_get_null_ranks():
+    """Rows that name a group missing from the writer's `groups` (rows built outside the hooks)
+    get null ranks and size -1, one group or several in a part."""
+    from commscope.profiler._groups import GroupInfo
+    from commscope.profiler._rows import register_api
+    from commscope.profiler._writer import Identity, rows_to_table
+
+    api = register_api("all_reduce", "all_reduce")
+    ident = Identity("r", RANK, WORLD, "host", 1, "0")
+    known = GroupInfo("1", 2, (3, 4), "gloo")
+
+    def row(group, seq):
+        return [api, 10, 20, 20, torch.float32, 4, 4, 4, group, seq, seq, None, 1, None]
+
+    one = rows_to_table([row("lost", 0), row("lost", 1)], ident, {})
+    assert one["pg_ranks"].to_pylist() == [None, None]
+    assert one["pg_size"].to_pylist() == [-1, -1]
+    mixed = rows_to_table([row("lost", 0), row(known, 0), row("lost", 1)], ident, {})
+    assert mixed["pg_ranks"].to_pylist() == [None, [3, 4], None]
+    assert mixed["pg_size"].to_pylist() == [-1, 2, -1]
+
+
 def test_full_capture_sees_direct_dispatcher_calls_once(tmp_path):
     t = torch.ones(6)
     with profiler.trace(tmp_path, capture="full") as s:
