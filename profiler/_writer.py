@@ -91,41 +91,32 @@ def _string_dictionary(dictionary: tuple) -> tuple[np.ndarray | None, pa.Array,
     return remap, pa.array(dictionary, pa.string()), valid
 
 
-# Columns that hold one value on every row (run id, host, rank, all-null extras) are the same
-# from one part to the next (parts are mostly flush_events long): built once, shared (Arrow
-# arrays are immutable). A few parts' worth at most (~10 columns of 64 Ki rows each).
+# Columns that hold one value on every row (run id, host, rank, all-null extras, the ranks of a
+# part's one group) are the same from one part to the next (parts are mostly flush_events long):
+# built once, shared (Arrow arrays are immutable). A few parts' worth at most (~10 columns of
+# 64 Ki rows each; `_ranks` caches lists only while small).
 @functools.lru_cache(maxsize=32)
 def _const(value: Any, n: int, typ: pa.DataType) -> pa.Array:
     if value is None:  # strings as the dictionary type their columns have (_table_schema)
         return pa.nulls(n, pa.dictionary(pa.int32(), typ) if typ == pa.string() else typ)
     if typ == pa.string():
         return _decode(np.zeros(n, np.int32), [value], typ)
+    if pa.types.is_list(typ):  # a tuple on every row: offsets and tiled values
+        k = len(value)
+        return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * np.int32(k)),
+                                        pa.array(np.tile(np.array(value, np.int32), n)), typ)
     return pa.array(np.full(n, value), typ)
 
 
 def _ranks(infos: list, codes: np.ndarray) -> pa.Array:
-    """The pg_ranks column from the groups' infos (None = unknown) and per-row codes."""
-    if len(infos) == 1:  # a part on one group, the usual case
+    """The pg_ranks column from the groups' infos (None = unknown; a group whose ranks could not
+    be resolved has none: empty lists) and per-row codes."""
+    typ = pa.list_(pa.int32())
+    if len(infos) == 1:  # a part on one group, the usual case: no list take per row (~0.8 ms)
         ranks, n = (tuple(infos[0].ranks) if infos[0] else None), len(codes)
-        # Cached for later parts of the same size while small (64 Ki events on <= 16 ranks).
-        small = n * max(1, len(ranks or ())) <= 1 << 20
-        return (_cached_ranks if small else _const_ranks)(ranks, n)
-    return pa.array([list(i.ranks) if i else None for i in infos],
-                    pa.list_(pa.int32())).take(pa.array(codes))
-
-
-def _const_ranks(ranks: tuple | None, n: int) -> pa.Array:
-    """One group's ranks on each of n rows (None: null rows; a group whose ranks could not be
-    resolved has none: empty lists), from offsets and tiled values (a list take per row cost
-    ~0.8 ms of a 64 Ki-event part)."""
-    if ranks is None:
-        return pa.nulls(n, pa.list_(pa.int32()))
-    k = len(ranks)
-    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * np.int32(k)),
-                                    pa.array(np.tile(np.array(ranks, np.int32), n)))
-
-
-_cached_ranks = functools.lru_cache(maxsize=8)(_const_ranks)
+        small = n * max(1, len(ranks or ())) <= 1 << 20  # 64 Ki events on <= 16 ranks: cached
+        return (_const if small else _const.__wrapped__)(ranks, n, typ)
+    return pa.array([list(i.ranks) if i else None for i in infos], typ).take(pa.array(codes))
 
 
 def _num(values: tuple, typ: pa.DataType = pa.int64()) -> pa.Array:
